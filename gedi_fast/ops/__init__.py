@@ -1,0 +1,5 @@
+"""The package's operators: fused SGLD kernels (C++/CUDA) and Sinkhorn-Knopp."""
+from gedi_fast.ops.sgld import buffer_draw, sgld_step_
+from gedi_fast.ops.sinkhorn import sinkhorn_knopp
+
+__all__ = ["buffer_draw", "sgld_step_", "sinkhorn_knopp"]
