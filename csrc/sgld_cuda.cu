@@ -4,9 +4,10 @@
 // for any launch shape.  No host synchronisation: the optional device_offset is read by the kernel,
 // which lets a captured CUDA graph draw fresh noise on every replay when the caller advances it.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -28,9 +29,10 @@ __device__ __forceinline__ uint64_t counter_offset(uint64_t offset, const int64_
   return device_offset == nullptr ? offset : offset + static_cast<uint64_t>(*device_offset);
 }
 
-int blocks_for(int64_t work_items) {
-  const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-  return static_cast<int>(std::max<int64_t>(1, std::min(max_blocks, (work_items + kThreads - 1) / kThreads)));
+// Enough blocks to give every thread one group; past the cap the kernels' grid-stride loops take over.
+int blocks_for(int64_t groups) {
+  constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+  return static_cast<int>(std::max<int64_t>(1, std::min(kMaxBlocks, (groups + kThreads - 1) / kThreads)));
 }
 
 template <typename T>
@@ -108,7 +110,7 @@ void sgld_step_cuda(at::Tensor x, const at::Tensor& grad, double step_size, doub
   GEDI_DISPATCH_SAMPLE_TYPES(x.scalar_type(), "sgld_step_cuda", [&] {
     const bool quads = reinterpret_cast<uintptr_t>(x.data_ptr()) % sizeof(Quad<scalar_t>) == 0 &&
                        reinterpret_cast<uintptr_t>(grad.data_ptr()) % sizeof(Quad<scalar_t>) == 0;
-    sgld_step_kernel<scalar_t><<<blocks_for(groups), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    sgld_step_kernel<scalar_t><<<blocks_for(groups), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), numel, static_cast<float>(step_size),
         static_cast<float>(noise_std), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
         device_offset_ptr(device_offset), clamp_bound(clamp_min, -kInf), clamp_bound(clamp_max, kInf), quads);
@@ -132,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor> buffer_draw_cuda(const at::Tensor& buffer, co
   if (numel == 0) return {out, reinit};
   const at::Tensor idx = indices.contiguous();
   GEDI_DISPATCH_SAMPLE_TYPES(buffer.scalar_type(), "buffer_draw_cuda", [&] {
-    buffer_draw_kernel<scalar_t><<<blocks_for((numel + 3) / 4), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    buffer_draw_kernel<scalar_t><<<blocks_for((numel + 3) / 4), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         buffer.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), reinit.data_ptr<bool>(),
         rows, buffer.size(0), row_numel, static_cast<float>(reinit_prob), static_cast<float>(low),
         static_cast<float>(high), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),

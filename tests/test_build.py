@@ -1,0 +1,92 @@
+"""Packaging: the CUDA build decision, the kernels/ namespace, and a compile-only nvcc check."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+
+import gedi_fast  # noqa: F401  (registers the ops)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_setup_module():
+    spec = importlib.util.spec_from_file_location("gedi_fast_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # setup() itself only runs as __main__
+    return module
+
+
+@pytest.mark.parametrize(
+    "env,cuda_home,torch_cuda,expected",
+    [
+        ({}, "/usr/local/cuda", "13.0", True),
+        ({}, None, "13.0", False),
+        ({}, "/usr/local/cuda", None, False),
+        ({"GEDI_FAST_SKIP_CUDA": "1"}, "/usr/local/cuda", "13.0", False),
+        ({"GEDI_FAST_FORCE_CUDA": "1"}, "/usr/local/cuda", "13.0", True),
+        ({"GEDI_FAST_FORCE_CUDA": "0"}, None, None, False),
+    ],
+)
+def test_cuda_build_decision(env, cuda_home, torch_cuda, expected):
+    assert load_setup_module().should_build_cuda(env, cuda_home, torch_cuda) is expected
+
+
+@pytest.mark.parametrize(
+    "env,cuda_home,torch_cuda,match",
+    [
+        ({"GEDI_FAST_FORCE_CUDA": "1"}, None, "13.0", "CUDA toolkit"),
+        ({"GEDI_FAST_FORCE_CUDA": "yes"}, "/usr/local/cuda", None, "CUDA build of torch"),
+        ({"GEDI_FAST_FORCE_CUDA": "1", "GEDI_FAST_SKIP_CUDA": "1"}, "/usr/local/cuda", "13.0", "both set"),
+    ],
+)
+def test_cuda_build_switches_fail_loudly(env, cuda_home, torch_cuda, match):
+    with pytest.raises(RuntimeError, match=match):
+        load_setup_module().should_build_cuda(env, cuda_home, torch_cuda)
+
+
+def test_ops_are_registered_after_import():
+    assert callable(torch.ops.gedi_fast.sgld_step_)
+    assert callable(torch.ops.gedi_fast.buffer_draw)
+
+
+def test_kernels_install_under_the_gedi_fast_namespace(tmp_path):
+    import gedi_fast.kernels
+
+    assert pathlib.Path(gedi_fast.kernels.__file__).parent == ROOT / "kernels"
+    probe = "import importlib.util, gedi_fast.kernels; print(importlib.util.find_spec('kernels') is None)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "True"  # no top-level `kernels` module outside the source tree
+
+
+def cuda_sources() -> list[pathlib.Path]:
+    return sorted((ROOT / "csrc").glob("*.cu"))
+
+
+@pytest.mark.nvcc
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.parametrize("source", cuda_sources(), ids=lambda p: p.name)
+def test_cuda_source_compiles_for_sm90(source, tmp_path):
+    from torch.utils.cpp_extension import include_paths
+
+    setup = load_setup_module()
+    includes = [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    command = [
+        "nvcc", "-std=c++20", "-arch=sm_90", "-c", str(source), "-o", str(tmp_path / "out.o"),
+        "-DGEDI_FAST_WITH_CUDA", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-Xcudafe", "--diag_suppress=3306",
+        *setup.NVCC_FLAGS, *includes,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"CCACHE_DISABLE": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "out.o").stat().st_size > 0
+
+
+def test_there_is_cuda_source_to_check():
+    assert "sgld_cuda.cu" in [p.name for p in cuda_sources()]
