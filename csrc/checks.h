@@ -5,10 +5,12 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Optional.h>
 
 #include <cstdint>
 #include <limits>
+#include <tuple>
 
 // The sample dtypes every SGLD kernel is instantiated for (math is float32 throughout).
 #define GEDI_DISPATCH_SAMPLE_TYPES(TYPE, NAME, ...)            \
@@ -64,6 +66,13 @@ inline void check_buffer_draw_args(const at::Tensor& buffer, const at::Tensor& i
               reinit_prob);
   TORCH_CHECK(low < high, "gedi_fast: low must be below high, got [", low, ", ", high, ")");
   check_device_offset(device_offset, buffer);
+}
+
+// The outputs of buffer_draw: the drawn rows (indices.size(0) x buffer's row shape) and the re-init mask.
+inline std::tuple<at::Tensor, at::Tensor> allocate_draw_outputs(const at::Tensor& buffer, const at::Tensor& indices) {
+  auto shape = buffer.sizes().vec();
+  shape[0] = indices.size(0);
+  return {at::empty(shape, buffer.options()), at::empty({indices.size(0)}, indices.options().dtype(at::kBool))};
 }
 
 // A missing clamp bound is an infinite one, so the kernels clamp unconditionally.

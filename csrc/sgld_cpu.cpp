@@ -7,7 +7,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -83,10 +82,8 @@ std::tuple<at::Tensor, at::Tensor> buffer_draw_cpu(const at::Tensor& buffer, con
   const int64_t rows = indices.size(0);
   const int64_t buffer_rows = buffer.size(0);
   const int64_t row_numel = buffer.numel() / buffer_rows;
-  auto out_shape = buffer.sizes().vec();
-  out_shape[0] = rows;
-  at::Tensor out = at::empty(out_shape, buffer.options());
-  at::Tensor reinit = at::empty({rows}, indices.options().dtype(at::kBool));
+  at::Tensor out, reinit;
+  std::tie(out, reinit) = allocate_draw_outputs(buffer, indices);
   const uint64_t key = static_cast<uint64_t>(seed);
   const uint64_t counter_offset = resolve_offset(offset, device_offset);
   const float prob = static_cast<float>(reinit_prob);

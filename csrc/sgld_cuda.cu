@@ -4,7 +4,6 @@
 // for any launch shape.  No host synchronisation: the optional device_offset is read by the kernel,
 // which lets a captured CUDA graph draw fresh noise on every replay when the caller advances it.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -126,10 +125,8 @@ std::tuple<at::Tensor, at::Tensor> buffer_draw_cuda(const at::Tensor& buffer, co
   const c10::cuda::CUDAGuard guard(buffer.device());
   const int64_t rows = indices.size(0);
   const int64_t row_numel = buffer.numel() / buffer.size(0);
-  auto out_shape = buffer.sizes().vec();
-  out_shape[0] = rows;
-  at::Tensor out = at::empty(out_shape, buffer.options());
-  at::Tensor reinit = at::empty({rows}, indices.options().dtype(at::kBool));
+  at::Tensor out, reinit;
+  std::tie(out, reinit) = allocate_draw_outputs(buffer, indices);
   const int64_t numel = rows * row_numel;
   if (numel == 0) return {out, reinit};
   const at::Tensor idx = indices.contiguous();
