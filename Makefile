@@ -16,8 +16,10 @@ $(BUILD_STAMP): $(BUILD_INPUTS)
 	$(PIP) install -q --no-build-isolation -e ".[dev]"
 	@touch $@
 
+# The CPU suite, then the Triton interpreter lane in its own process (TRITON_INTERPRET=1 before triton's import).
 test: install
 	$(PYTHON) -m pytest tests
+	TRITON_INTERPRET=1 $(PYTHON) -m pytest tests/interpreter -p no:cacheprovider
 
 bench: install
 	$(PYTHON) -m pytest benchmarks --benchmark-only

@@ -13,6 +13,9 @@ import numpy as np
 import torch
 
 TERM_NAMES = ("gen", "inv", "prior", "energy_reg")
+DIAGNOSTIC_NAMES = ("energy_data", "energy_neg", "cluster_entropy")
+# The fused kernels return every value in one vector, in this order.
+TERM_VECTOR = ("loss", *TERM_NAMES, *DIAGNOSTIC_NAMES)
 ASSIGNMENTS = ("softmax", "sinkhorn")
 
 
@@ -50,6 +53,68 @@ def sinkhorn_knopp(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> t
     return torch.exp(log_q + math.log(batch))
 
 
+def gedi_statistics(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    zn: torch.Tensor | None,
+    temperature: float,
+    targets: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor | None]:
+    """The per-row and per-cluster quantities every GEDI term is built from (the fused kernels save these).
+
+    "lse1", "lse2" (B), "lse_n" (M, or None): row logsumexp of z / temperature;
+    "cross1" = sum_k t2 log q1, "cross2" = sum_k t1 log q2 (B), with t = q when targets is None;
+    "log_pbar" (K): log of the mean assignment over the 2B view rows, taken in the log domain.
+    """
+    log_q1, lse1 = scaled_log_softmax(z1, temperature)
+    log_q2, lse2 = scaled_log_softmax(z2, temperature)
+    t1, t2 = (log_q1.exp(), log_q2.exp()) if targets is None else (t.to(log_q1.dtype) for t in targets)
+    batch = z1.shape[0]
+    return {
+        "lse1": lse1,
+        "lse2": lse2,
+        "lse_n": None if zn is None else -energy(zn, temperature),
+        "cross1": (t2 * log_q1).sum(1),
+        "cross2": (t1 * log_q2).sum(1),
+        "log_pbar": torch.logsumexp(torch.cat([log_q1, log_q2]), dim=0) - math.log(2 * batch),
+    }
+
+
+def terms_from_statistics(stats: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+    """The unweighted terms and detached diagnostics of DESIGN.md from gedi_statistics' output."""
+    energy_views = -torch.cat([stats["lse1"], stats["lse2"]])
+    lse_n = stats["lse_n"]
+    if lse_n is None:
+        gen = energy_views.new_zeros(())
+        energy_reg = energy_views.square().mean()
+        energy_neg = energy_views.new_full((), math.nan)
+    else:
+        gen = energy_views.mean() + lse_n.mean()
+        energy_reg = energy_views.square().mean() + lse_n.square().mean()
+        energy_neg = -lse_n.mean().detach()
+    log_pbar = stats["log_pbar"]
+    return {
+        "gen": gen,
+        "inv": -(stats["cross1"].sum() + stats["cross2"].sum()) / energy_views.shape[0],
+        "prior": -math.log(log_pbar.shape[0]) - log_pbar.mean(),
+        "energy_reg": energy_reg,
+        "energy_data": energy_views.mean().detach(),
+        "energy_neg": energy_neg,
+        "cluster_entropy": -(log_pbar.exp() * log_pbar).sum().detach(),
+    }
+
+
+def assignment_targets(
+    z1: torch.Tensor, z2: torch.Tensor, assignment: str, sinkhorn_eps: float, sinkhorn_iters: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The inv term's targets: None for "softmax" (t = q, with gradient), Sinkhorn-Knopp per view otherwise."""
+    if assignment == "softmax":
+        return None
+    if assignment == "sinkhorn":
+        return sinkhorn_knopp(z1, sinkhorn_eps, sinkhorn_iters), sinkhorn_knopp(z2, sinkhorn_eps, sinkhorn_iters)
+    raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
+
+
 def gedi_terms(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -64,42 +129,57 @@ def gedi_terms(
     Returns 0-dim tensors: "gen", "inv", "prior", "energy_reg" (differentiable) and "energy_data",
     "energy_neg" (NaN without samples), "cluster_entropy" (detached).
     """
-    log_q1, lse1 = scaled_log_softmax(z1, temperature)
-    log_q2, lse2 = scaled_log_softmax(z2, temperature)
-    energy_views = -torch.cat([lse1, lse2])
+    targets = assignment_targets(z1, z2, assignment, sinkhorn_eps, sinkhorn_iters)
+    return terms_from_statistics(gedi_statistics(z1, z2, zn, temperature, targets))
+
+
+def gedi_gradients(
+    grad_vector: torch.Tensor,
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    zn: torch.Tensor | None,
+    temperature: float,
+    weights: list[float],
+    targets: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Analytic gradients of the TERM_VECTOR entries (loss weighted by `weights`) for upstream grad_vector.
+
+    The formulas the fused backward kernel evaluates; tests check them against autograd. With
+    N = 2B and g_t the upstream weight of term t, for view 1 (view 2 swaps 1 and 2):
+    ds1 = q1 (2 g_ereg lse1 - g_gen) / N - g_prior (q1 c - q1 sum_k q1 c), c_k = 1 / (K N pbar_k),
+          - g_inv / N [(q2 - q1) + q1 (log q2 - sum_k q1 log q2)]   (softmax targets)
+          - g_inv / N [t2 - q1 sum_k t2]                             (Sinkhorn targets, constants);
+    samples: ds = q (g_gen + 2 g_ereg lse) / M. Each dz = ds / temperature.
+    """
+    stats = gedi_statistics(z1, z2, zn, temperature, targets)
+    g = grad_vector.to(stats["lse1"].dtype)
+    g_gen, g_inv, g_prior, g_ereg = (g[0] * w + g[1 + i] for i, w in enumerate(weights))
     if zn is None:
-        gen = energy_views.new_zeros(())
-        energy_reg = energy_views.square().mean()
-        energy_neg = energy_views.new_full((), math.nan)
-    else:
-        energy_samples = energy(zn, temperature)
-        gen = energy_views.mean() - energy_samples.mean()
-        energy_reg = energy_views.square().mean() + energy_samples.square().mean()
-        energy_neg = energy_samples.mean().detach()
+        g_gen = torch.zeros_like(g_gen)
+    log_q1, log_q2 = (scaled_log_softmax(z, temperature)[0] for z in (z1, z2))
+    q1, q2 = log_q1.exp(), log_q2.exp()
+    n_views = 2 * z1.shape[0]
+    log_share = stats["log_pbar"] + math.log(z1.shape[1] * n_views)
 
-    if assignment == "softmax":
-        t1, t2 = log_q1.exp(), log_q2.exp()
-    elif assignment == "sinkhorn":
-        t1 = sinkhorn_knopp(z1, sinkhorn_eps, sinkhorn_iters).to(log_q1.dtype)
-        t2 = sinkhorn_knopp(z2, sinkhorn_eps, sinkhorn_iters).to(log_q2.dtype)
-    else:
-        raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
-    batch, clusters = z1.shape
-    inv = -((t2 * log_q1).sum() + (t1 * log_q2).sum()) / (2 * batch)
+    def view_grad(q, log_q, lse, q_other, log_q_other, cross_other, target_other):
+        share = (log_q - log_share).exp()
+        ds = q * ((2 * g_ereg * lse - g_gen) / n_views).unsqueeze(1)
+        ds = ds - g_prior * (share - q * share.sum(1, keepdim=True))
+        if target_other is None:
+            inv = (q_other - q) + q * (log_q_other - cross_other.unsqueeze(1))
+        else:
+            inv = target_other - q * target_other.sum(1, keepdim=True)
+        return ds - g_inv / n_views * inv
 
-    log_pbar = torch.logsumexp(torch.cat([log_q1, log_q2]), dim=0) - math.log(2 * batch)
-    prior = -math.log(clusters) - log_pbar.mean()
-    cluster_entropy = -(log_pbar.exp() * log_pbar).sum()
-
-    return {
-        "gen": gen,
-        "inv": inv,
-        "prior": prior,
-        "energy_reg": energy_reg,
-        "energy_data": energy_views.mean().detach(),
-        "energy_neg": energy_neg,
-        "cluster_entropy": cluster_entropy.detach(),
-    }
+    t1, t2 = (None, None) if targets is None else (t.to(q1.dtype) for t in targets)
+    ds1 = view_grad(q1, log_q1, stats["lse1"], q2, log_q2, stats["cross2"], t2)
+    ds2 = view_grad(q2, log_q2, stats["lse2"], q1, log_q1, stats["cross1"], t1)
+    dzn = None
+    if zn is not None:
+        lse_n = stats["lse_n"]
+        qn = (zn.to(lse_n.dtype) / temperature - lse_n.unsqueeze(1)).exp()
+        dzn = (qn * ((g_gen + 2 * g_ereg * lse_n) / zn.shape[0]).unsqueeze(1) / temperature).to(zn.dtype)
+    return (ds1 / temperature).to(z1.dtype), (ds2 / temperature).to(z2.dtype), dzn
 
 
 def weighted_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

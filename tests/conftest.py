@@ -1,8 +1,13 @@
 """Shared fixtures: a seeded generator per test and the GPU-lane skip."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# The interpreter lane runs in its own process, with TRITON_INTERPRET=1 set before triton's import.
+collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["interpreter"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -148,3 +148,23 @@ def test_sgld_step_reference_formula():
     noise = torch.tensor([1.0, -1.0, 0.0])
     out = reference.sgld_step(x, g, 0.5, 0.1, noise, clamp=(-1.0, 1.0))
     torch.testing.assert_close(out, torch.tensor([0.1, -1.0, 1.0]))
+
+
+@pytest.mark.parametrize("assignment", reference.ASSIGNMENTS)
+@pytest.mark.parametrize("batch,clusters,samples", [(1, 2, 0), (6, 5, 3), (9, 17, 0)])
+def test_analytic_gradients_equal_autograd(gen, assignment, batch, clusters, samples):
+    z1, z2 = (torch.randn(batch, clusters, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2))
+    zn = torch.randn(samples, clusters, generator=gen, dtype=torch.float64).requires_grad_() if samples else None
+    weights = [0.7, 1.3, 0.9, 0.05]
+    targets = reference.assignment_targets(z1, z2, assignment, 0.5, 3)
+    terms = reference.terms_from_statistics(reference.gedi_statistics(z1, z2, zn, 0.4, targets))
+    terms["loss"] = reference.weighted_loss(terms, dict(zip(reference.TERM_NAMES, weights)))
+    vector = torch.stack([terms[name] for name in reference.TERM_VECTOR[:5]])
+    grad = torch.rand(len(reference.TERM_VECTOR), generator=gen, dtype=torch.float64)
+    leaves = [z1, z2] + ([zn] if samples else [])
+    want = torch.autograd.grad(vector, leaves, grad[:5])
+    got = reference.gedi_gradients(grad, z1.detach(), z2.detach(), None if zn is None else zn.detach(), 0.4,
+                                   weights, targets)
+    assert (got[2] is None) == (zn is None)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,626 @@
+"""Fused GEDI terms: Triton kernels, host launchers, torch.library registration and autograd glue.
+
+Forward: one launch reads each view row once (twice past SINGLE_CHUNK_MAX columns) and computes the
+row logsumexp (energies), both cross-entropy directions of inv and, per program, the per-cluster
+(max, sum-exp) of log q over its rows; a single-program finalize merges those partials into log pbar
+(a column-parallel combine kernel does it first when there are many partials) and writes every term.
+All reductions run in a fixed order: the same result every run, no atomics. The kernels save per-row
+statistics (lse, cross terms) and log pbar; the backward re-reads the inputs with them and writes the
+three gradients in one launch, reading upstream gradients from the device (no host sync).
+
+Formulas: gedi_fast.reference.gedi_statistics / terms_from_statistics (the oracle the tests use).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from gedi_fast import reference
+
+NEG_INF = float("-inf")
+SINGLE_CHUNK_MAX = 4096  # widest row (columns, padded to a power of 2) one tile holds
+TILE_ELEMENTS = 4096  # per view and tile: rows x columns held in registers at once
+CHUNK_COLUMNS = 256  # column chunk past SINGLE_CHUNK_MAX
+CHUNK_ROWS = 16
+COMBINE_IN_FINALIZE_MAX = 1 << 16  # partial entries the single finalize program merges itself
+TARGET_PROGRAMS = 264  # enough programs to fill an H200 (132 SMs) twice over
+N_TERMS = len(reference.TERM_VECTOR)
+SIZE_ARGS = ["B", "M", "K", "n_parts", "n_view_programs", "rows_per_program"]
+
+
+# --- device helpers -----------------------------------------------------------------------------
+
+@triton.jit
+def _load_scaled(ptr, rows, cols, col_ok, stride, inv_tau):
+    """A [rows x cols] tile of ptr (row stride `stride`) as float32 times inv_tau; padded columns -inf."""
+    offsets = rows.to(tl.int64)[:, None] * stride + cols[None, :]
+    mask = (rows >= 0)[:, None] & col_ok[None, :]
+    return tl.load(ptr + offsets, mask=mask, other=NEG_INF).to(tl.float32) * inv_tau
+
+
+@triton.jit
+def _load_targets(ptr, rows, cols, col_ok, stride):
+    offsets = rows.to(tl.int64)[:, None] * stride + cols[None, :]
+    return tl.load(ptr + offsets, mask=(rows >= 0)[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row_lse(s):
+    m = tl.max(s, 1)
+    return m + tl.log(tl.sum(tl.exp(s - m[:, None]), 1))
+
+
+@triton.jit
+def _online_lse(m, l, s):
+    """One step of a running (max, sum-exp) over column chunks."""
+    m_new = tl.maximum(m, tl.max(s, 1))
+    return m_new, l * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+
+
+@triton.jit
+def _merge_max_sum(m_a, s_a, m_b, s_b):
+    """Merge two (max, sum of exp(x - max)) summaries; an all -inf side contributes nothing."""
+    m = tl.maximum(m_a, m_b)
+    safe = tl.where(m == NEG_INF, 0.0, m)
+    return m, s_a * tl.exp(m_a - safe) + s_b * tl.exp(m_b - safe)
+
+
+@triton.jit
+def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, SINKHORN: tl.constexpr):
+    """A tile's contribution to cross1 = sum t2 log q1, cross2 = sum t1 log q2, and its column summaries."""
+    lq1 = s1 - lse1[:, None]
+    lq2 = s2 - lse2[:, None]
+    if not SINKHORN:
+        w1 = tl.exp(lq1)
+        w2 = tl.exp(lq2)
+    valid = row_ok[:, None] & col_ok[None, :]
+    cross1 = tl.sum(tl.where(valid, w2 * lq1, 0.0), 1)
+    cross2 = tl.sum(tl.where(valid, w1 * lq2, 0.0), 1)
+    lq1 = tl.where(valid, lq1, NEG_INF)
+    lq2 = tl.where(valid, lq2, NEG_INF)
+    col_max = tl.maximum(tl.max(lq1, 0), tl.max(lq2, 0))
+    safe = tl.where(col_max == NEG_INF, 0.0, col_max)
+    col_sum = tl.sum(tl.exp(lq1 - safe[None, :]), 0) + tl.sum(tl.exp(lq2 - safe[None, :]), 0)
+    return cross1, cross2, col_max, col_sum
+
+
+@triton.jit
+def _store_stats(stats, rows, row_ok, lse1, lse2, cross1, cross2):
+    base = stats + rows.to(tl.int64) * 4
+    tl.store(base + 0, lse1, mask=row_ok)
+    tl.store(base + 1, lse2, mask=row_ok)
+    tl.store(base + 2, cross1, mask=row_ok)
+    tl.store(base + 3, cross2, mask=row_ok)
+
+
+@triton.jit
+def _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K):
+    """(max_i log q_ik, log sum_i exp(log q_ik - max)) over all rows, merging partials in program order."""
+    m = tl.full(cols.shape, NEG_INF, tl.float32)
+    s = tl.zeros(cols.shape, tl.float32)
+    max_ptrs = part_max + cols
+    sum_ptrs = part_sum + cols
+    for _ in range(0, n_parts):
+        m, s = _merge_max_sum(m, s, tl.load(max_ptrs, mask=col_ok, other=NEG_INF), tl.load(sum_ptrs, mask=col_ok, other=0.0))
+        max_ptrs += K
+        sum_ptrs += K
+    return m, tl.log(s)
+
+
+# --- forward ------------------------------------------------------------------------------------
+
+@triton.jit(do_not_specialize=SIZE_ARGS)
+def _fwd_rows_kernel(
+    z1, z2, zn, t1, t2, stats, lse_n, part_max, part_sum,
+    B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program,
+    SINKHORN: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    r = tl.arange(0, BLOCK_B)
+    c = tl.arange(0, BLOCK_K)
+    if pid < n_view_programs:
+        row0 = pid.to(tl.int64) * rows_per_program
+        if SINGLE_CHUNK:
+            col_ok = c < K
+            acc_max = tl.full([BLOCK_K], NEG_INF, tl.float32)
+            acc_sum = tl.zeros([BLOCK_K], tl.float32)
+            for sub in range(0, rows_per_program, BLOCK_B):
+                rows = row0 + sub + r
+                row_ok = rows < B
+                safe_rows = tl.minimum(rows, B - 1)
+                s1 = _load_scaled(z1, safe_rows, c, col_ok, stride_z, inv_tau)
+                s2 = _load_scaled(z2, safe_rows, c, col_ok, stride_z, inv_tau)
+                w1 = s1
+                w2 = s2
+                if SINKHORN:
+                    w1 = _load_targets(t1, safe_rows, c, col_ok, stride_t)
+                    w2 = _load_targets(t2, safe_rows, c, col_ok, stride_t)
+                lse1 = _row_lse(s1)
+                lse2 = _row_lse(s2)
+                cross1, cross2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, SINKHORN)
+                acc_max, acc_sum = _merge_max_sum(acc_max, acc_sum, col_max, col_sum)
+                _store_stats(stats, rows, row_ok, lse1, lse2, cross1, cross2)
+            tl.store(part_max + pid.to(tl.int64) * K + c, acc_max, mask=col_ok)
+            tl.store(part_sum + pid.to(tl.int64) * K + c, acc_sum, mask=col_ok)
+        else:
+            rows = row0 + r
+            row_ok = rows < B
+            safe_rows = tl.minimum(rows, B - 1)
+            m1 = tl.full([BLOCK_B], NEG_INF, tl.float32)
+            l1 = tl.zeros([BLOCK_B], tl.float32)
+            m2 = tl.full([BLOCK_B], NEG_INF, tl.float32)
+            l2 = tl.zeros([BLOCK_B], tl.float32)
+            for start in range(0, K, BLOCK_K):
+                col_ok = start + c < K
+                m1, l1 = _online_lse(m1, l1, _load_scaled(z1 + start, safe_rows, c, col_ok, stride_z, inv_tau))
+                m2, l2 = _online_lse(m2, l2, _load_scaled(z2 + start, safe_rows, c, col_ok, stride_z, inv_tau))
+            lse1 = m1 + tl.log(l1)
+            lse2 = m2 + tl.log(l2)
+            cross1 = tl.zeros([BLOCK_B], tl.float32)
+            cross2 = tl.zeros([BLOCK_B], tl.float32)
+            for start in range(0, K, BLOCK_K):
+                col_ok = start + c < K
+                s1 = _load_scaled(z1 + start, safe_rows, c, col_ok, stride_z, inv_tau)
+                s2 = _load_scaled(z2 + start, safe_rows, c, col_ok, stride_z, inv_tau)
+                w1 = s1
+                w2 = s2
+                if SINKHORN:
+                    w1 = _load_targets(t1 + start, safe_rows, c, col_ok, stride_t)
+                    w2 = _load_targets(t2 + start, safe_rows, c, col_ok, stride_t)
+                d1, d2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, SINKHORN)
+                cross1 += d1
+                cross2 += d2
+                tl.store(part_max + pid.to(tl.int64) * K + start + c, col_max, mask=col_ok)
+                tl.store(part_sum + pid.to(tl.int64) * K + start + c, col_sum, mask=col_ok)
+            _store_stats(stats, rows, row_ok, lse1, lse2, cross1, cross2)
+    else:
+        row0 = (pid - n_view_programs).to(tl.int64) * rows_per_program
+        for sub in range(0, rows_per_program, BLOCK_B):
+            rows = row0 + sub + r
+            safe_rows = tl.minimum(rows, M - 1)
+            m = tl.full([BLOCK_B], NEG_INF, tl.float32)
+            l = tl.zeros([BLOCK_B], tl.float32)
+            for start in range(0, K, BLOCK_K):
+                m, l = _online_lse(m, l, _load_scaled(zn + start, safe_rows, c, start + c < K, stride_n, inv_tau))
+            tl.store(lse_n + rows, m + tl.log(l), mask=rows < M)
+
+
+@triton.jit(do_not_specialize=SIZE_ARGS)
+def _combine_kernel(part_max, part_sum, columns, n_parts, K, BLOCK: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    col_ok = cols < K
+    col_max, col_logsum = _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K)
+    tl.store(columns + cols, col_max, mask=col_ok)
+    tl.store(columns + K + cols, col_logsum, mask=col_ok)
+
+
+@triton.jit(do_not_specialize=SIZE_ARGS)
+def _finalize_kernel(
+    stats, lse_n, part_max, part_sum, columns, terms, B, M, K, n_parts, log_rows,
+    w_gen, w_inv, w_prior, w_ereg, COMBINE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    i = tl.arange(0, BLOCK)
+    lse_sum = tl.zeros([BLOCK], tl.float32)
+    lse_sq = tl.zeros([BLOCK], tl.float32)
+    cross = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, B, BLOCK):
+        base = stats + (start + i).to(tl.int64) * 4
+        ok = start + i < B
+        lse1 = tl.load(base + 0, mask=ok, other=0.0)
+        lse2 = tl.load(base + 1, mask=ok, other=0.0)
+        lse_sum += lse1 + lse2
+        lse_sq += lse1 * lse1 + lse2 * lse2
+        cross += tl.load(base + 2, mask=ok, other=0.0) + tl.load(base + 3, mask=ok, other=0.0)
+    n_sum = tl.zeros([BLOCK], tl.float32)
+    n_sq = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, M, BLOCK):
+        lse = tl.load(lse_n + start + i, mask=start + i < M, other=0.0)
+        n_sum += lse
+        n_sq += lse * lse
+    log_sum = tl.zeros([BLOCK], tl.float32)
+    entropy = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, K, BLOCK):
+        cols = start + i
+        col_ok = cols < K
+        if COMBINE:
+            col_max, col_logsum = _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K)
+            tl.store(columns + cols, col_max, mask=col_ok)
+            tl.store(columns + K + cols, col_logsum, mask=col_ok)
+        else:
+            col_max = tl.load(columns + cols, mask=col_ok, other=0.0)
+            col_logsum = tl.load(columns + K + cols, mask=col_ok, other=0.0)
+        lp = col_max + col_logsum - log_rows
+        log_sum += tl.where(col_ok, lp, 0.0)
+        entropy -= tl.where(col_ok, tl.exp(lp) * lp, 0.0)
+    n_views = 2.0 * B
+    energy_data = -tl.sum(lse_sum, 0) / n_views
+    has_samples = M > 0
+    samples = tl.maximum(M, 1) * 1.0
+    energy_neg = tl.where(has_samples, -tl.sum(n_sum, 0) / samples, float("nan"))
+    gen = tl.where(has_samples, energy_data - energy_neg, 0.0)
+    energy_reg = tl.sum(lse_sq, 0) / n_views + tl.sum(n_sq, 0) / samples
+    inv = -tl.sum(cross, 0) / n_views
+    prior = -tl.log((K * 1.0)) - tl.sum(log_sum, 0) / K
+    tl.store(terms + 0, w_gen * gen + w_inv * inv + w_prior * prior + w_ereg * energy_reg)
+    tl.store(terms + 1, gen)
+    tl.store(terms + 2, inv)
+    tl.store(terms + 3, prior)
+    tl.store(terms + 4, energy_reg)
+    tl.store(terms + 5, energy_data)
+    tl.store(terms + 6, energy_neg)
+    tl.store(terms + 7, tl.sum(entropy, 0))
+
+
+# --- backward -----------------------------------------------------------------------------------
+
+@triton.jit
+def _prior_share(lq, col_max, col_logsum, log_k):
+    """q_k / (K N pbar_k), as exp((log q - column max) - column log-sum - log K).
+
+    Subtracting the column max first keeps this exact when log q is huge and negative; a saved
+    log pbar would have rounded away the difference.
+    """
+    return tl.exp((lq - col_max[None, :]) - col_logsum[None, :] - log_k)
+
+
+@triton.jit
+def _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok, SINKHORN: tl.constexpr):
+    """Per-row sum_k q_k c_k (c_k = 1 / (K N pbar_k)) for both views and, for Sinkhorn, sum_k t_k."""
+    valid = col_ok[None, :]
+    p1 = tl.sum(tl.where(valid, _prior_share(s1 - lse1[:, None], col_max, col_logsum, log_k), 0.0), 1)
+    p2 = tl.sum(tl.where(valid, _prior_share(s2 - lse2[:, None], col_max, col_logsum, log_k), 0.0), 1)
+    t1_sum = p1
+    t2_sum = p2
+    if SINKHORN:
+        t1_sum = tl.sum(w1, 1)
+        t2_sum = tl.sum(w2, 1)
+    return p1, p2, t1_sum, t2_sum
+
+
+@triton.jit
+def _bwd_views_tile(
+    s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum, col_max, col_logsum, log_k, n_views,
+    g_gen, g_inv, g_prior, g_ereg, SINKHORN: tl.constexpr,
+):
+    """d loss / d s for a tile of both views (see reference.gedi_statistics for the terms)."""
+    lq1 = s1 - lse1[:, None]
+    lq2 = s2 - lse2[:, None]
+    q1 = tl.exp(lq1)
+    q2 = tl.exp(lq2)
+    energy1 = (2.0 * g_ereg * lse1 - g_gen) / n_views
+    energy2 = (2.0 * g_ereg * lse2 - g_gen) / n_views
+    ds1 = q1 * energy1[:, None] - g_prior * (_prior_share(lq1, col_max, col_logsum, log_k) - q1 * p1[:, None])
+    ds2 = q2 * energy2[:, None] - g_prior * (_prior_share(lq2, col_max, col_logsum, log_k) - q2 * p2[:, None])
+    inv_scale = -g_inv / n_views
+    if SINKHORN:
+        ds1 += inv_scale * (w2 - q1 * t2_sum[:, None])
+        ds2 += inv_scale * (w1 - q2 * t1_sum[:, None])
+    else:
+        ds1 += inv_scale * ((q2 - q1) + q1 * (lq2 - cross2[:, None]))
+        ds2 += inv_scale * ((q1 - q2) + q2 * (lq1 - cross1[:, None]))
+    return ds1, ds2
+
+
+@triton.jit
+def _store_tile(ptr, rows, row_ok, cols, col_ok, stride, value):
+    offsets = rows.to(tl.int64)[:, None] * stride + cols[None, :]
+    tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit(do_not_specialize=SIZE_ARGS)
+def _bwd_rows_kernel(
+    z1, z2, zn, t1, t2, stats, lse_n, columns, grad_terms, dz1, dz2, dzn,
+    B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program,
+    w_gen, w_inv, w_prior, w_ereg,
+    SINKHORN: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    r = tl.arange(0, BLOCK_B)
+    c = tl.arange(0, BLOCK_K)
+    g_loss = tl.load(grad_terms + 0)
+    g_gen = tl.where(M > 0, g_loss * w_gen + tl.load(grad_terms + 1), 0.0)  # gen is 0 without samples
+    g_inv = g_loss * w_inv + tl.load(grad_terms + 2)
+    g_prior = g_loss * w_prior + tl.load(grad_terms + 3)
+    g_ereg = g_loss * w_ereg + tl.load(grad_terms + 4)
+    n_views = 2.0 * B
+    log_k = tl.log(K * 1.0)
+    if pid < n_view_programs:
+        row0 = pid.to(tl.int64) * rows_per_program
+        if SINGLE_CHUNK:
+            col_ok = c < K
+            col_max = tl.load(columns + c, mask=col_ok, other=0.0)
+            col_logsum = tl.load(columns + K + c, mask=col_ok, other=0.0)
+            for sub in range(0, rows_per_program, BLOCK_B):
+                rows = row0 + sub + r
+                row_ok = rows < B
+                safe_rows = tl.minimum(rows, B - 1)
+                base = stats + safe_rows.to(tl.int64) * 4
+                lse1 = tl.load(base + 0)
+                lse2 = tl.load(base + 1)
+                cross1 = tl.load(base + 2)
+                cross2 = tl.load(base + 3)
+                s1 = _load_scaled(z1, safe_rows, c, col_ok, stride_z, inv_tau)
+                s2 = _load_scaled(z2, safe_rows, c, col_ok, stride_z, inv_tau)
+                w1 = s1
+                w2 = s2
+                if SINKHORN:
+                    w1 = _load_targets(t1, safe_rows, c, col_ok, stride_t)
+                    w2 = _load_targets(t2, safe_rows, c, col_ok, stride_t)
+                p1, p2, t1_sum, t2_sum = _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok, SINKHORN)
+                ds1, ds2 = _bwd_views_tile(s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum,
+                                           col_max, col_logsum, log_k, n_views, g_gen, g_inv, g_prior, g_ereg, SINKHORN)
+                _store_tile(dz1, rows, row_ok, c, col_ok, stride_z, ds1 * inv_tau)
+                _store_tile(dz2, rows, row_ok, c, col_ok, stride_z, ds2 * inv_tau)
+        else:
+            rows = row0 + r
+            row_ok = rows < B
+            safe_rows = tl.minimum(rows, B - 1)
+            base = stats + safe_rows.to(tl.int64) * 4
+            lse1 = tl.load(base + 0)
+            lse2 = tl.load(base + 1)
+            cross1 = tl.load(base + 2)
+            cross2 = tl.load(base + 3)
+            p1 = tl.zeros([BLOCK_B], tl.float32)
+            p2 = tl.zeros([BLOCK_B], tl.float32)
+            t1_sum = tl.zeros([BLOCK_B], tl.float32)
+            t2_sum = tl.zeros([BLOCK_B], tl.float32)
+            for start in range(0, K, BLOCK_K):
+                col_ok = start + c < K
+                col_max = tl.load(columns + start + c, mask=col_ok, other=0.0)
+                col_logsum = tl.load(columns + K + start + c, mask=col_ok, other=0.0)
+                s1 = _load_scaled(z1 + start, safe_rows, c, col_ok, stride_z, inv_tau)
+                s2 = _load_scaled(z2 + start, safe_rows, c, col_ok, stride_z, inv_tau)
+                w1 = s1
+                w2 = s2
+                if SINKHORN:
+                    w1 = _load_targets(t1 + start, safe_rows, c, col_ok, stride_t)
+                    w2 = _load_targets(t2 + start, safe_rows, c, col_ok, stride_t)
+                d1, d2, e1, e2 = _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok, SINKHORN)
+                p1 += d1
+                p2 += d2
+                t1_sum += e1
+                t2_sum += e2
+            for start in range(0, K, BLOCK_K):
+                col_ok = start + c < K
+                col_max = tl.load(columns + start + c, mask=col_ok, other=0.0)
+                col_logsum = tl.load(columns + K + start + c, mask=col_ok, other=0.0)
+                s1 = _load_scaled(z1 + start, safe_rows, c, col_ok, stride_z, inv_tau)
+                s2 = _load_scaled(z2 + start, safe_rows, c, col_ok, stride_z, inv_tau)
+                w1 = s1
+                w2 = s2
+                if SINKHORN:
+                    w1 = _load_targets(t1 + start, safe_rows, c, col_ok, stride_t)
+                    w2 = _load_targets(t2 + start, safe_rows, c, col_ok, stride_t)
+                ds1, ds2 = _bwd_views_tile(s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum,
+                                           col_max, col_logsum, log_k, n_views, g_gen, g_inv, g_prior, g_ereg, SINKHORN)
+                _store_tile(dz1 + start, rows, row_ok, c, col_ok, stride_z, ds1 * inv_tau)
+                _store_tile(dz2 + start, rows, row_ok, c, col_ok, stride_z, ds2 * inv_tau)
+    else:
+        row0 = (pid - n_view_programs).to(tl.int64) * rows_per_program
+        samples = tl.maximum(M, 1) * 1.0
+        for sub in range(0, rows_per_program, BLOCK_B):
+            rows = row0 + sub + r
+            row_ok = rows < M
+            safe_rows = tl.minimum(rows, M - 1)
+            lse = tl.load(lse_n + safe_rows)
+            coef = (g_gen + 2.0 * g_ereg * lse) / samples * inv_tau
+            for start in range(0, K, BLOCK_K):
+                col_ok = start + c < K
+                s = _load_scaled(zn + start, safe_rows, c, col_ok, stride_n, inv_tau)
+                _store_tile(dzn + start, rows, row_ok, c, col_ok, stride_n, tl.exp(s - lse[:, None]) * coef[:, None])
+
+
+# --- host side ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Plan:
+    """Tile shapes and grid for a B x K problem with M samples."""
+
+    single_chunk: bool
+    block_b: int
+    block_k: int
+    rows_per_program: int
+    view_programs: int
+    sample_programs: int
+    num_warps: int
+
+    @staticmethod
+    def make(batch: int, samples: int, clusters: int) -> "_Plan":
+        width = triton.next_power_of_2(clusters)
+        if width <= SINGLE_CHUNK_MAX:
+            block_k = width
+            block_b = max(1, min(64, TILE_ELEMENTS // block_k))
+            wanted_rows = max(block_b, -(-max(batch, samples) // TARGET_PROGRAMS))
+            rows_per_program = block_b * -(-wanted_rows // block_b)
+            single = True
+        else:
+            block_k, block_b, rows_per_program, single = CHUNK_COLUMNS, CHUNK_ROWS, CHUNK_ROWS, False
+        return _Plan(
+            single_chunk=single,
+            block_b=block_b,
+            block_k=block_k,
+            rows_per_program=rows_per_program,
+            view_programs=triton.cdiv(batch, rows_per_program),
+            sample_programs=triton.cdiv(samples, rows_per_program),
+            num_warps=4 if block_b * block_k <= 2048 else 8,
+        )
+
+
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _identity(kernel):
+    return kernel
+
+
+def _forward(
+    z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor], t1: Optional[torch.Tensor],
+    t2: Optional[torch.Tensor], temperature: float, weights: list[float], wrap: Callable = _identity,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(terms vector in reference.TERM_VECTOR order, per-row stats [B, 4], sample lse [M], columns [2, K]).
+
+    columns holds, per cluster, the max over the 2B view rows of log q and the log-sum of exp(log q - max).
+    """
+    z1, z2 = _rows_contiguous(z1), _rows_contiguous(z2)
+    batch, clusters = z1.shape
+    samples = 0 if zn is None else zn.shape[0]
+    sinkhorn = t1 is not None
+    plan = _Plan.make(batch, samples, clusters)
+    f32 = dict(device=z1.device, dtype=torch.float32)
+    stats = torch.empty(batch, 4, **f32)
+    lse_n = torch.empty(samples, **f32)
+    part_max = torch.empty(plan.view_programs, clusters, **f32)
+    part_sum = torch.empty(plan.view_programs, clusters, **f32)
+    columns = torch.empty(2, clusters, **f32)
+    terms = torch.empty(N_TERMS, **f32)
+    zn = z1 if zn is None else _rows_contiguous(zn)
+    t1 = _rows_contiguous(t1) if sinkhorn else z1
+    t2 = _rows_contiguous(t2) if sinkhorn else z1
+    wrap(_fwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
+        z1, z2, zn, t1, t2, stats, lse_n if samples else stats, part_max, part_sum,
+        batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
+        plan.view_programs, plan.rows_per_program,
+        SINKHORN=sinkhorn, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
+        num_warps=plan.num_warps,
+    )
+    log_rows = math.log(2 * batch)
+    combine_here = plan.view_programs * clusters <= COMBINE_IN_FINALIZE_MAX
+    if not combine_here:
+        wrap(_combine_kernel)[(triton.cdiv(clusters, 256),)](
+            part_max, part_sum, columns, plan.view_programs, clusters, BLOCK=256, num_warps=4
+        )
+    wrap(_finalize_kernel)[(1,)](
+        stats, lse_n if samples else stats, part_max, part_sum, columns, terms, batch, samples, clusters,
+        plan.view_programs,
+        log_rows, *weights, COMBINE=combine_here, BLOCK=1024, num_warps=8,
+    )
+    return terms, stats, lse_n, columns
+
+
+def _backward(
+    grad_terms: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor],
+    t1: Optional[torch.Tensor], t2: Optional[torch.Tensor], stats: torch.Tensor, lse_n: torch.Tensor,
+    columns: torch.Tensor, temperature: float, weights: list[float], wrap: Callable = _identity,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dz1, dz2, dzn) in the inputs' dtypes; dzn is empty (0 x K) without samples."""
+    z1, z2 = _rows_contiguous(z1), _rows_contiguous(z2)
+    batch, clusters = z1.shape
+    samples = 0 if zn is None else zn.shape[0]
+    sinkhorn = t1 is not None
+    plan = _Plan.make(batch, samples, clusters)
+    dz1, dz2 = torch.empty_like(z1), torch.empty_like(z2)
+    dzn = z1.new_empty(0, clusters) if zn is None else torch.empty_like(_rows_contiguous(zn))
+    zn_arg = z1 if zn is None else _rows_contiguous(zn)
+    dzn_arg = dz1 if zn is None else dzn
+    lse_arg = stats if zn is None else lse_n
+    t1 = _rows_contiguous(t1) if sinkhorn else z1
+    t2 = _rows_contiguous(t2) if sinkhorn else z1
+    wrap(_bwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
+        z1, z2, zn_arg, t1, t2, stats, lse_arg, columns, grad_terms.contiguous(), dz1, dz2, dzn_arg,
+        batch, samples, clusters, z1.stride(0), zn_arg.stride(0), t1.stride(0), 1.0 / temperature,
+        plan.view_programs, plan.rows_per_program, *weights,
+        SINKHORN=sinkhorn, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
+        num_warps=plan.num_warps,
+    )
+    return dz1, dz2, dzn
+
+
+# --- registration and autograd ------------------------------------------------------------------
+
+@torch.library.triton_op("gedi_fast::gedi_terms_fwd", mutates_args=())
+def gedi_terms_fwd(
+    z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor], t1: Optional[torch.Tensor],
+    t2: Optional[torch.Tensor], temperature: float, weights: list[float],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(z1, z2, zn, t1, t2, temperature, weights, torch.library.wrap_triton)
+
+
+@torch.library.triton_op("gedi_fast::gedi_terms_bwd", mutates_args=())
+def gedi_terms_bwd(
+    grad_terms: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor],
+    t1: Optional[torch.Tensor], t2: Optional[torch.Tensor], stats: torch.Tensor, lse_n: torch.Tensor,
+    columns: torch.Tensor, temperature: float, weights: list[float],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights,
+                     torch.library.wrap_triton)
+
+
+def _reference_vector(z1, z2, zn, t1, t2, temperature, weights):
+    stats = reference.gedi_statistics(z1, z2, zn, temperature, None if t1 is None else (t1, t2))
+    terms = reference.terms_from_statistics(stats)
+    terms["loss"] = reference.weighted_loss(terms, dict(zip(reference.TERM_NAMES, weights)))
+    return torch.stack([terms[name].float() for name in reference.TERM_VECTOR]), stats
+
+
+@gedi_terms_fwd.register_kernel("cpu")
+def _gedi_terms_fwd_cpu(z1, z2, zn, t1, t2, temperature, weights):
+    vector, stats = _reference_vector(z1, z2, zn, t1, t2, temperature, weights)
+    rows = torch.stack([stats[k] for k in ("lse1", "lse2", "cross1", "cross2")], 1).float()
+    lse_n = stats["lse_n"].float() if zn is not None else rows.new_empty(0)
+    # Any split of log(N pbar) into (max, log-sum) is valid; the reference keeps log pbar whole.
+    log_rows_pbar = stats["log_pbar"].float() + math.log(2 * z1.shape[0])
+    return vector, rows, lse_n, torch.stack([log_rows_pbar, torch.zeros_like(log_rows_pbar)])
+
+
+@gedi_terms_bwd.register_kernel("cpu")
+def _gedi_terms_bwd_cpu(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights):
+    targets = None if t1 is None else (t1, t2)
+    dz1, dz2, dzn = reference.gedi_gradients(grad_terms, z1, z2, zn, temperature, weights, targets)
+    return dz1, dz2, z1.new_empty(0, z1.shape[1]) if dzn is None else dzn
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    z1, z2, zn, t1, t2, temperature, weights = inputs
+    _, stats, lse_n, columns = output
+    ctx.save_for_backward(z1, z2, zn, t1, t2, stats, lse_n, columns)
+    ctx.temperature, ctx.weights, ctx.has_samples = temperature, weights, zn is not None
+
+
+def _gradients(ctx, grad_terms, backward) -> tuple:
+    z1, z2, zn, t1, t2, stats, lse_n, columns = ctx.saved_tensors
+    dz1, dz2, dzn = backward(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, ctx.temperature, ctx.weights)
+    return dz1, dz2, dzn if ctx.has_samples else None, None, None, None, None
+
+
+def _op_backward(ctx, grad_terms, *unused_grads):
+    return _gradients(ctx, grad_terms, torch.ops.gedi_fast.gedi_terms_bwd)
+
+
+gedi_terms_fwd.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class _EagerGEDITerms(torch.autograd.Function):
+    """The same forward and backward as the registered op, launched without the dispatcher."""
+
+    @staticmethod
+    def forward(ctx, z1, z2, zn, t1, t2, temperature, weights):
+        output = _forward(z1, z2, zn, t1, t2, temperature, weights)
+        _setup_context(ctx, (z1, z2, zn, t1, t2, temperature, weights), output)
+        ctx.mark_non_differentiable(*output[1:])
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_terms, *unused_grads):
+        return _gradients(ctx, grad_terms, _backward)
+
+
+def gedi_terms(
+    z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor],
+    targets: Optional[tuple[torch.Tensor, torch.Tensor]], temperature: float, weights: list[float],
+) -> torch.Tensor:
+    """The terms vector (reference.TERM_VECTOR order), differentiable in z1, z2, zn.
+
+    `targets` are Sinkhorn assignments (constants) or None for softmax targets. `weights` are
+    (gen, inv, prior, energy_reg) for entry 0, the weighted loss. Eager calls launch the kernels
+    directly; under torch.compile the registered op is traced instead.
+    """
+    t1, t2 = (None, None) if targets is None else targets
+    if torch.compiler.is_compiling():
+        return torch.ops.gedi_fast.gedi_terms_fwd(z1, z2, zn, t1, t2, temperature, weights)[0]
+    return _EagerGEDITerms.apply(z1, z2, zn, t1, t2, temperature, weights)[0]

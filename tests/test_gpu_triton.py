@@ -1,0 +1,117 @@
+"""GPU lane for the Triton kernels: shapes x dtypes vs the float64 reference, large shapes, compile, opcheck."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gedi_fast import GEDILoss, reference, sinkhorn_knopp
+
+pytestmark = pytest.mark.gpu
+pytest.importorskip("triton")
+
+WEIGHTS = dict(gen_weight=0.7, inv_weight=1.3, prior_weight=0.9, energy_reg=0.01)
+
+
+def run(loss_fn, z1, z2, zn):
+    inputs = [t.detach().clone().requires_grad_(True) for t in (z1, z2) + (() if zn is None else (zn,))]
+    loss, terms = loss_fn(*inputs[:2], inputs[2] if zn is not None else None, return_terms=True)
+    loss.backward()
+    return loss.detach(), {k: v.detach() for k, v in terms.items()}, [t.grad for t in inputs]
+
+
+def max_rel_error(got, want):
+    return ((got.double() - want).abs().max() / (want.abs().max() + 1e-30)).item()
+
+
+def check_against_reference(z1, z2, zn, assignment, temperature, rtol):
+    kw = dict(temperature=temperature, assignment=assignment, sinkhorn_eps=0.5, **WEIGHTS)
+    loss, terms, grads = run(GEDILoss(backend="triton", **kw), z1, z2, zn)
+    to64 = lambda t: None if t is None else t.detach().double()  # noqa: E731  (the float64 oracle, on the GPU)
+    ref_loss, ref_terms, ref_grads = run(GEDILoss(backend="torch", **kw), to64(z1), to64(z2), to64(zn))
+    assert abs(loss.item() - ref_loss.item()) <= rtol * (abs(ref_loss.item()) + 1)
+    for name, value in ref_terms.items():
+        torch.testing.assert_close(terms[name].double(), value, rtol=rtol, atol=rtol, equal_nan=True)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == z1.dtype and max_rel_error(got, want) <= rtol
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64, 257])
+@pytest.mark.parametrize("clusters", [2, 3, 10, 100, 1000, 3000, 5000])
+@pytest.mark.parametrize("samples", [0, 5])
+@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+def test_gedi_terms_shape_matrix_fp32(batch, clusters, samples, assignment):
+    gen = torch.Generator(device="cuda").manual_seed(batch * 7919 + clusters)
+    z1, z2 = (torch.randn(batch, clusters, device="cuda", generator=gen) * 3 for _ in range(2))
+    zn = torch.randn(samples, clusters, device="cuda", generator=gen) * 3 if samples else None
+    check_against_reference(z1, z2, zn, assignment, 0.5, rtol=5e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("clusters", [10, 1000, 5000])
+def test_gedi_terms_low_precision(dtype, clusters):
+    gen = torch.Generator(device="cuda").manual_seed(clusters)
+    z1, z2, zn = (torch.randn(n, clusters, device="cuda", generator=gen).to(dtype) * 3 for n in (64, 64, 9))
+    check_against_reference(z1, z2, zn, "softmax", 0.5, rtol=1e-2 if dtype == torch.bfloat16 else 2e-3)
+
+
+@pytest.mark.parametrize("batch,clusters", [(4096, 3000), (32768, 1000), (4096, 65536)])
+def test_gedi_terms_large_shapes(batch, clusters):
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    z1, z2, zn = (torch.randn(n, clusters, device="cuda", generator=gen) for n in (batch, batch, 64))
+    check_against_reference(z1, z2, zn, "softmax", 0.1, rtol=2e-4)
+
+
+def test_gedi_terms_huge_logits_bf16_finite():
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    z1, z2, zn = ((torch.rand(64, 1000, device="cuda", generator=gen) * 2 - 1) * 1e4 for _ in range(3))
+    loss, terms, grads = run(GEDILoss(temperature=0.05, assignment="sinkhorn", sinkhorn_eps=0.01, backend="triton"),
+                             z1.bfloat16(), z2.bfloat16(), zn.bfloat16())
+    assert torch.isfinite(loss) and all(torch.isfinite(g.float()).all() for g in grads)
+
+
+def test_gedi_loss_is_deterministic():
+    z1, z2, zn = (torch.randn(n, 1000, device="cuda") for n in (4096, 4096, 64))
+    first, second = run(GEDILoss(backend="triton"), z1, z2, zn), run(GEDILoss(backend="triton"), z1, z2, zn)
+    assert torch.equal(first[0], second[0]) and all(torch.equal(a, b) for a, b in zip(first[2], second[2]))
+
+
+@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+def test_compile_fullgraph_parity(assignment):
+    loss_fn = GEDILoss(assignment=assignment, backend="triton", **WEIGHTS)
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    z1, z2, zn = (torch.randn(n, 100, device="cuda") for n in (256, 256, 32))
+    eager = run(loss_fn, z1, z2, zn)
+    traced = run(compiled, z1, z2, zn)
+    torch.testing.assert_close(traced[0], eager[0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(traced[2], eager[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_opcheck_on_cuda():
+    z1, z2, zn = (torch.randn(n, 37, device="cuda") for n in (9, 9, 4))
+    args = (z1, z2, zn, None, None, 0.5, [0.7, 1.3, 0.9, 0.01])
+    torch.library.opcheck(torch.ops.gedi_fast.gedi_terms_fwd.default, args)
+    _, stats, lse_n, columns = torch.ops.gedi_fast.gedi_terms_fwd(*args)
+    grad = torch.rand(len(reference.TERM_VECTOR), device="cuda")
+    bwd = (grad, z1, z2, zn, None, None, stats, lse_n, columns, 0.5, [0.7, 1.3, 0.9, 0.01])
+    torch.library.opcheck(torch.ops.gedi_fast.gedi_terms_bwd.default, bwd)
+    torch.library.opcheck(torch.ops.gedi_fast.sinkhorn_knopp_fused.default, (z1, 0.05, 3))
+
+
+@pytest.mark.parametrize("batch,clusters", [(1, 2), (7, 3), (256, 10), (1024, 100), (64, 3000), (4096, 3000),
+                                            (32768, 1000), (4096, 65536)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sinkhorn_matches_reference(batch, clusters, dtype):
+    gen = torch.Generator(device="cuda").manual_seed(batch + clusters)
+    scores = (torch.rand(batch, clusters, device="cuda", generator=gen) * 2 - 1).to(dtype)
+    got = sinkhorn_knopp(scores, 0.05, 3)
+    want = reference.sinkhorn_knopp(scores.double(), 0.05, 3)
+    assert got.dtype == torch.float32 and got.is_cuda
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_sinkhorn_huge_scores_finite():
+    scores = (torch.rand(512, 1000, device="cuda") * 2 - 1) * 1e4
+    got = sinkhorn_knopp(scores, 0.01, 3)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.sum(1), torch.ones(512, device="cuda"))
