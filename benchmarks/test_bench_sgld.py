@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.conftest import DEVICE, record_bandwidth, synchronised
+from benchmarks.conftest import DEVICE, inner_calls, measure
 from gedi_fast import sgld_step_
 
 SIZES = {"jem_batch_64x3x32x32": 64 * 3 * 32 * 32, "786k": 786_432, "12.6M": 12_582_912}
@@ -15,12 +15,12 @@ if DEVICE == "cuda":
     SIZES["64M"] = 64 * 2**20
 
 
-def eager_step(x, grad, step_size, noise_std):
-    return x.add_(grad, alpha=-step_size).add_(torch.randn_like(x), alpha=noise_std)
+def eager_step(x, grad):
+    return x.add_(grad, alpha=-1.0).add_(torch.randn_like(x), alpha=0.01)
 
 
-def fused_step(x, grad, step_size, noise_std):
-    return sgld_step_(x, grad, step_size, noise_std, seed=0, offset=1)
+def fused_step(x, grad):
+    return sgld_step_(x, grad, 1.0, 0.01, seed=0, offset=1)
 
 
 @pytest.mark.parametrize("size", list(SIZES))
@@ -29,7 +29,7 @@ def test_sgld_step(benchmark, size, impl):
     numel = SIZES[size]
     x = torch.randn(numel, device=DEVICE)
     grad = torch.randn(numel, device=DEVICE)
-    run = synchronised(lambda: impl(x, grad, 1.0, 0.01))
+    ideal = 3 * numel * x.element_size()
     benchmark.group = f"sgld_step {size}"
-    benchmark.pedantic(run, warmup_rounds=2, rounds=10 if numel > 10**7 else 30, iterations=1)
-    record_bandwidth(benchmark, 3 * numel * x.element_size(), impl=impl.__name__, numel=numel, dtype="float32")
+    measure(benchmark, lambda: impl(x, grad), ideal, inner=inner_calls(ideal), rounds=10 if numel > 10**7 else 30,
+            impl=impl.__name__, shape=[numel], dtype="float32")

@@ -90,3 +90,17 @@ def test_cuda_source_compiles_for_sm90(source, tmp_path):
 
 def test_there_is_cuda_source_to_check():
     assert "sgld_cuda.cu" in [p.name for p in cuda_sources()]
+
+
+def test_import_and_cpu_use_without_triton():
+    probe = (
+        "import sys; sys.modules['triton'] = None\n"  # as if triton were not installed
+        "import torch, gedi_fast\n"
+        "z = torch.randn(4, 3)\n"
+        "loss = gedi_fast.GEDILoss()(z, z.flip(0), z[:2])\n"
+        "q = gedi_fast.sinkhorn_knopp(z)\n"
+        "from gedi_fast.ops.backend import triton_unavailable_reason\n"
+        "print(bool(torch.isfinite(loss)), tuple(q.shape), triton_unavailable_reason(z))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "True (4, 3) triton is not installed (pip install 'gedi-fast[triton]')"
