@@ -50,6 +50,30 @@ def _load_targets(ptr, rows, cols, col_ok, stride):
 
 
 @triton.jit
+def _load_view_tiles(z1, z2, t1, t2, rows, cols, col_ok, stride_z, stride_t, inv_tau, SINKHORN: tl.constexpr):
+    """Both views' scaled logits and, for Sinkhorn, their targets (else the logits stand in, unused)."""
+    s1 = _load_scaled(z1, rows, cols, col_ok, stride_z, inv_tau)
+    s2 = _load_scaled(z2, rows, cols, col_ok, stride_z, inv_tau)
+    w1 = s1
+    w2 = s2
+    if SINKHORN:
+        w1 = _load_targets(t1, rows, cols, col_ok, stride_t)
+        w2 = _load_targets(t2, rows, cols, col_ok, stride_t)
+    return s1, s2, w1, w2
+
+
+@triton.jit
+def _load_row_stats(stats, rows):
+    base = stats + rows.to(tl.int64) * 4
+    return tl.load(base + 0), tl.load(base + 1), tl.load(base + 2), tl.load(base + 3)
+
+
+@triton.jit
+def _load_columns(columns, K, cols, col_ok):
+    return tl.load(columns + cols, mask=col_ok, other=0.0), tl.load(columns + K + cols, mask=col_ok, other=0.0)
+
+
+@triton.jit
 def _row_lse(s):
     m = tl.max(s, 1)
     return m + tl.log(tl.sum(tl.exp(s - m[:, None]), 1))
@@ -133,13 +157,7 @@ def _fwd_rows_kernel(
                 rows = row0 + sub + r
                 row_ok = rows < B
                 safe_rows = tl.minimum(rows, B - 1)
-                s1 = _load_scaled(z1, safe_rows, c, col_ok, stride_z, inv_tau)
-                s2 = _load_scaled(z2, safe_rows, c, col_ok, stride_z, inv_tau)
-                w1 = s1
-                w2 = s2
-                if SINKHORN:
-                    w1 = _load_targets(t1, safe_rows, c, col_ok, stride_t)
-                    w2 = _load_targets(t2, safe_rows, c, col_ok, stride_t)
+                s1, s2, w1, w2 = _load_view_tiles(z1, z2, t1, t2, safe_rows, c, col_ok, stride_z, stride_t, inv_tau, SINKHORN)
                 lse1 = _row_lse(s1)
                 lse2 = _row_lse(s2)
                 cross1, cross2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, SINKHORN)
@@ -165,13 +183,8 @@ def _fwd_rows_kernel(
             cross2 = tl.zeros([BLOCK_B], tl.float32)
             for start in range(0, K, BLOCK_K):
                 col_ok = start + c < K
-                s1 = _load_scaled(z1 + start, safe_rows, c, col_ok, stride_z, inv_tau)
-                s2 = _load_scaled(z2 + start, safe_rows, c, col_ok, stride_z, inv_tau)
-                w1 = s1
-                w2 = s2
-                if SINKHORN:
-                    w1 = _load_targets(t1 + start, safe_rows, c, col_ok, stride_t)
-                    w2 = _load_targets(t2 + start, safe_rows, c, col_ok, stride_t)
+                s1, s2, w1, w2 = _load_view_tiles(z1 + start, z2 + start, t1 + start, t2 + start, safe_rows, c, col_ok,
+                                                  stride_z, stride_t, inv_tau, SINKHORN)
                 d1, d2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, SINKHORN)
                 cross1 += d1
                 cross2 += d2
@@ -232,8 +245,7 @@ def _finalize_kernel(
             tl.store(columns + cols, col_max, mask=col_ok)
             tl.store(columns + K + cols, col_logsum, mask=col_ok)
         else:
-            col_max = tl.load(columns + cols, mask=col_ok, other=0.0)
-            col_logsum = tl.load(columns + K + cols, mask=col_ok, other=0.0)
+            col_max, col_logsum = _load_columns(columns, K, cols, col_ok)
         lp = col_max + col_logsum - log_rows
         log_sum += tl.where(col_ok, lp, 0.0)
         entropy -= tl.where(col_ok, tl.exp(lp) * lp, 0.0)
@@ -333,24 +345,13 @@ def _bwd_rows_kernel(
         row0 = pid.to(tl.int64) * rows_per_program
         if SINGLE_CHUNK:
             col_ok = c < K
-            col_max = tl.load(columns + c, mask=col_ok, other=0.0)
-            col_logsum = tl.load(columns + K + c, mask=col_ok, other=0.0)
+            col_max, col_logsum = _load_columns(columns, K, c, col_ok)
             for sub in range(0, rows_per_program, BLOCK_B):
                 rows = row0 + sub + r
                 row_ok = rows < B
                 safe_rows = tl.minimum(rows, B - 1)
-                base = stats + safe_rows.to(tl.int64) * 4
-                lse1 = tl.load(base + 0)
-                lse2 = tl.load(base + 1)
-                cross1 = tl.load(base + 2)
-                cross2 = tl.load(base + 3)
-                s1 = _load_scaled(z1, safe_rows, c, col_ok, stride_z, inv_tau)
-                s2 = _load_scaled(z2, safe_rows, c, col_ok, stride_z, inv_tau)
-                w1 = s1
-                w2 = s2
-                if SINKHORN:
-                    w1 = _load_targets(t1, safe_rows, c, col_ok, stride_t)
-                    w2 = _load_targets(t2, safe_rows, c, col_ok, stride_t)
+                lse1, lse2, cross1, cross2 = _load_row_stats(stats, safe_rows)
+                s1, s2, w1, w2 = _load_view_tiles(z1, z2, t1, t2, safe_rows, c, col_ok, stride_z, stride_t, inv_tau, SINKHORN)
                 p1, p2, t1_sum, t2_sum = _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok, SINKHORN)
                 ds1, ds2 = _bwd_views_tile(s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum,
                                            col_max, col_logsum, log_k, n_views, g_gen, g_inv, g_prior, g_ereg, SINKHORN)
@@ -360,26 +361,16 @@ def _bwd_rows_kernel(
             rows = row0 + r
             row_ok = rows < B
             safe_rows = tl.minimum(rows, B - 1)
-            base = stats + safe_rows.to(tl.int64) * 4
-            lse1 = tl.load(base + 0)
-            lse2 = tl.load(base + 1)
-            cross1 = tl.load(base + 2)
-            cross2 = tl.load(base + 3)
+            lse1, lse2, cross1, cross2 = _load_row_stats(stats, safe_rows)
             p1 = tl.zeros([BLOCK_B], tl.float32)
             p2 = tl.zeros([BLOCK_B], tl.float32)
             t1_sum = tl.zeros([BLOCK_B], tl.float32)
             t2_sum = tl.zeros([BLOCK_B], tl.float32)
             for start in range(0, K, BLOCK_K):
                 col_ok = start + c < K
-                col_max = tl.load(columns + start + c, mask=col_ok, other=0.0)
-                col_logsum = tl.load(columns + K + start + c, mask=col_ok, other=0.0)
-                s1 = _load_scaled(z1 + start, safe_rows, c, col_ok, stride_z, inv_tau)
-                s2 = _load_scaled(z2 + start, safe_rows, c, col_ok, stride_z, inv_tau)
-                w1 = s1
-                w2 = s2
-                if SINKHORN:
-                    w1 = _load_targets(t1 + start, safe_rows, c, col_ok, stride_t)
-                    w2 = _load_targets(t2 + start, safe_rows, c, col_ok, stride_t)
+                col_max, col_logsum = _load_columns(columns, K, start + c, col_ok)
+                s1, s2, w1, w2 = _load_view_tiles(z1 + start, z2 + start, t1 + start, t2 + start, safe_rows, c, col_ok,
+                                                  stride_z, stride_t, inv_tau, SINKHORN)
                 d1, d2, e1, e2 = _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok, SINKHORN)
                 p1 += d1
                 p2 += d2
@@ -387,15 +378,9 @@ def _bwd_rows_kernel(
                 t2_sum += e2
             for start in range(0, K, BLOCK_K):
                 col_ok = start + c < K
-                col_max = tl.load(columns + start + c, mask=col_ok, other=0.0)
-                col_logsum = tl.load(columns + K + start + c, mask=col_ok, other=0.0)
-                s1 = _load_scaled(z1 + start, safe_rows, c, col_ok, stride_z, inv_tau)
-                s2 = _load_scaled(z2 + start, safe_rows, c, col_ok, stride_z, inv_tau)
-                w1 = s1
-                w2 = s2
-                if SINKHORN:
-                    w1 = _load_targets(t1 + start, safe_rows, c, col_ok, stride_t)
-                    w2 = _load_targets(t2 + start, safe_rows, c, col_ok, stride_t)
+                col_max, col_logsum = _load_columns(columns, K, start + c, col_ok)
+                s1, s2, w1, w2 = _load_view_tiles(z1 + start, z2 + start, t1 + start, t2 + start, safe_rows, c, col_ok,
+                                                  stride_z, stride_t, inv_tau, SINKHORN)
                 ds1, ds2 = _bwd_views_tile(s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum,
                                            col_max, col_logsum, log_k, n_views, g_gen, g_inv, g_prior, g_ereg, SINKHORN)
                 _store_tile(dz1 + start, rows, row_ok, c, col_ok, stride_z, ds1 * inv_tau)
