@@ -1,0 +1,73 @@
+"""Cluster models: an MLP for vectors and a small residual CNN for images, each ending in a K-way head.
+
+Both use smooth activations (SiLU) and no batch norm, so SGLD's input gradients are well defined
+and sampling in eval mode sees the same network as training (JEM's batch-norm trouble, #13).
+`features(x)` returns the embedding before the head, which the failure-mode monitor inspects.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLPClusterer(nn.Module):
+    """in_features -> depth x (Linear, SiLU) of width hidden -> Linear to `clusters` logits."""
+
+    def __init__(self, in_features: int, clusters: int, hidden: int = 256, depth: int = 2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, clusters)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1)
+        self.shortcut = (
+            nn.Identity() if stride == 1 and channels_in == channels_out else nn.Conv2d(channels_in, channels_out, 1, stride)
+        )
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A ResNet-8-style CNN: stem, three residual stages (width, 2x, 4x; stride 1, 2, 2), pooled head."""
+
+    def __init__(self, in_channels: int, clusters: int, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1), nn.SiLU())
+        self.stages = nn.Sequential(
+            _ResidualBlock(width, width, 1), _ResidualBlock(width, 2 * width, 2), _ResidualBlock(2 * width, 4 * width, 2)
+        )
+        self.head = nn.Linear(4 * width, clusters)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x)).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(input_shape: tuple[int, ...], clusters: int, hidden: int = 256) -> nn.Module:
+    """An MLP for vector inputs (D,), a SmallResNet for images (C, H, W)."""
+    if clusters < 2:
+        raise ValueError(f"clusters must be >= 2, got {clusters}")
+    if len(input_shape) == 1:
+        return MLPClusterer(input_shape[0], clusters, hidden)
+    if len(input_shape) == 3:
+        return SmallResNet(input_shape[0], clusters)
+    raise ValueError(f"input_shape must be (D,) for vectors or (C, H, W) for images, got {input_shape}")
