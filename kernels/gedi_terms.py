@@ -518,11 +518,15 @@ def _backward(
 
 # --- registration and autograd ------------------------------------------------------------------
 
+# Each op's body is also its fake kernel and its decomposition under AOT tracing, so off CUDA it
+# traces the reference instead of launching Triton kernels on CPU (or fake CPU) tensors.
 @torch.library.triton_op("gedi_fast::gedi_terms_fwd", mutates_args=())
 def gedi_terms_fwd(
     z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor], t1: Optional[torch.Tensor],
     t2: Optional[torch.Tensor], temperature: float, weights: list[float],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if z1.device.type != "cuda":
+        return _gedi_terms_fwd_cpu(z1, z2, zn, t1, t2, temperature, weights)
     return _forward(z1, z2, zn, t1, t2, temperature, weights, torch.library.wrap_triton)
 
 
@@ -532,6 +536,8 @@ def gedi_terms_bwd(
     t1: Optional[torch.Tensor], t2: Optional[torch.Tensor], stats: torch.Tensor, lse_n: torch.Tensor,
     columns: torch.Tensor, temperature: float, weights: list[float],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if z1.device.type != "cuda":
+        return _gedi_terms_bwd_cpu(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights)
     return _backward(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights,
                      torch.library.wrap_triton)
 

@@ -10,9 +10,7 @@ pytest.importorskip("triton")
 fused = pytest.importorskip("gedi_fast.kernels.gedi_terms")
 
 WEIGHTS = [0.7, 1.3, 0.9, 0.01]
-# torch.compile and AOT dispatch trace a triton_op into its Triton kernels whatever the device, so
-# the AOT check needs CUDA (the GPU lane runs the full opcheck); on CPU the reference kernel answers.
-CPU_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor")
+ALL_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
 def inputs(gen, batch=5, clusters=4, samples=3):
@@ -27,11 +25,13 @@ def test_opcheck_forward_and_backward(gen, with_samples, sinkhorn):
     zn = zn if with_samples else None
     targets = tuple(reference.sinkhorn_knopp(z, 0.5, 3) for z in (z1, z2)) if sinkhorn else (None, None)
     args = (z1, z2, zn, *targets, 0.5, WEIGHTS)
-    torch.library.opcheck(torch.ops.gedi_fast.gedi_terms_fwd.default, args, test_utils=CPU_CHECKS)
+    # Without samples energy_neg is NaN, which the AOT check's output comparison counts as a mismatch.
+    checks = ALL_CHECKS if with_samples else ALL_CHECKS[:-1]
+    torch.library.opcheck(torch.ops.gedi_fast.gedi_terms_fwd.default, args, test_utils=checks)
     _, stats, lse_n, columns = torch.ops.gedi_fast.gedi_terms_fwd(*args)
     grad = torch.rand(len(reference.TERM_VECTOR), generator=gen)
     bwd_args = (grad, z1, z2, zn, *targets, stats, lse_n, columns, 0.5, WEIGHTS)
-    torch.library.opcheck(torch.ops.gedi_fast.gedi_terms_bwd.default, bwd_args, test_utils=CPU_CHECKS)
+    torch.library.opcheck(torch.ops.gedi_fast.gedi_terms_bwd.default, bwd_args)
 
 
 def test_op_autograd_on_cpu_equals_reference_autograd(gen):
