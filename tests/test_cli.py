@@ -1,0 +1,49 @@
+"""The gedi-fast command line: train writes metrics.json, eval and resume read the run folder."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gedi_fast.cli import main
+
+FAST = ["--set", "batch_size=32", "--set", "hidden=32", "--set", "sgld_steps=2", "--set", "buffer_size=64",
+        "--set", "log_every=5"]
+
+
+def test_train_writes_metrics_then_eval_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "blobs", "--out", str(out), "--steps", "10", "--seed", "3", *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"nmi", "ari", "acc", "steps"} <= set(metrics) and metrics["steps"] == 10
+    assert metrics["config"]["seed"] == 3 and metrics["config"]["hidden"] == 32
+    assert "blobs: nmi=" in capsys.readouterr().out
+    assert main(["eval", "--out", str(out)]) == 0
+    assert "steps=10" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "gedi_fast", "train", "--dataset", "moons", "--out", str(tmp_path),
+                             "--steps", "5", *FAST], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 5
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [(["train", "--out", "x", "--set", "nope=1"], "--set expects key=value"),
+     (["train", "--out", "x", "--set", "steps=many"], "--set steps expects a int")],
+)
+def test_bad_flags_exit_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert message in str(exc.value)
+
+
+def test_missing_dataset_files_and_checkpoint_are_clear_errors(tmp_path, capsys):
+    assert main(["train", "--dataset", "cifar10", "--out", str(tmp_path), "--steps", "1"]) == 2
+    assert "--data-root" in capsys.readouterr().err
+    assert main(["eval", "--out", str(tmp_path / "none")]) == 2
+    assert "not found" in capsys.readouterr().err
