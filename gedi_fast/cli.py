@@ -7,6 +7,7 @@ import pathlib
 import sys
 
 from gedi_fast.data import LOADERS, DatasetUnavailable
+from gedi_fast.plots import plot_run
 from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 SUMMARY_KEYS = ("nmi", "ari", "acc", "largest_cluster_share", "usage_entropy", "view_agreement", "steps")
@@ -45,8 +46,9 @@ def train(args: argparse.Namespace) -> int:
     trainer.train()
     scores = trainer.evaluate()
     path = trainer.write_metrics(scores)
+    pictures = plot_run(trainer)
     print(f"{trainer.config.dataset}: {_summary(scores)}")
-    print(f"metrics: {path}; checkpoint: {out / CHECKPOINT_NAME}")
+    print(f"metrics: {path}; checkpoint: {out / CHECKPOINT_NAME}; plots: {', '.join(p.name for p in pictures)} in {out}")
     return 0
 
 

@@ -19,6 +19,8 @@ def test_train_writes_metrics_then_eval_and_resume(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"nmi", "ari", "acc", "steps"} <= set(metrics) and metrics["steps"] == 10
     assert metrics["config"]["seed"] == 3 and metrics["config"]["hidden"] == 32
+    for name in ("assignments.png", "samples.png", "terms.png", "cluster_sizes.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "blobs: nmi=" in capsys.readouterr().out
     assert main(["eval", "--out", str(out)]) == 0
     assert "steps=10" in capsys.readouterr().out
