@@ -59,6 +59,21 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def triad_command(args: argparse.Namespace) -> int:
+    from gedi_fast import triad
+
+    base = TrainConfig(**_overrides(args.set))
+    results = triad.run(args.datasets, range(args.seeds), args.steps, args.out, base)
+    table = triad.markdown_table(results, args.datasets)
+    command = " ".join(["gedi-fast", *sys.argv[1:]]) if args.argv is None else " ".join(["gedi-fast", *args.argv])
+    report = pathlib.Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(f"# The failure-mode triad on our data\n\nCommand: `{command}`\n\n{table}\n")
+    print(table)
+    print(f"table: {report}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="gedi-fast", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -75,11 +90,20 @@ def parser() -> argparse.ArgumentParser:
     check = commands.add_parser("eval", help="evaluate the checkpoint saved in a run folder")
     check.add_argument("--out", required=True)
     check.set_defaults(handler=evaluate)
+    triad = commands.add_parser("triad", help="full GEDI, its ablations and k-means over seeds; a Markdown table")
+    triad.add_argument("--datasets", nargs="+", default=["moons", "circles", "digits"], choices=sorted(LOADERS))
+    triad.add_argument("--seeds", type=int, default=5)
+    triad.add_argument("--steps", type=int, help="training steps per run (default: TrainConfig.steps)")
+    triad.add_argument("--out", default="runs/triad", help="folder for the runs")
+    triad.add_argument("--report", default="docs/RESULTS.md", help="where the Markdown table goes")
+    triad.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig field for every run")
+    triad.set_defaults(handler=triad_command)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except (DatasetUnavailable, FileNotFoundError, ValueError, TypeError) as err:

@@ -49,3 +49,15 @@ def test_missing_dataset_files_and_checkpoint_are_clear_errors(tmp_path, capsys)
     assert "--data-root" in capsys.readouterr().err
     assert main(["eval", "--out", str(tmp_path / "none")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_triad_writes_a_table_with_every_variant_and_kmeans(tmp_path, capsys):
+    report = tmp_path / "RESULTS.md"
+    argv = ["triad", "--datasets", "blobs", "--seeds", "2", "--steps", "3", "--out", str(tmp_path / "runs"),
+            "--report", str(report), *FAST]
+    assert main(argv) == 0
+    text = report.read_text()
+    assert "gedi-fast triad --datasets blobs --seeds 2 --steps 3" in text
+    for row in ("GEDI (full)", "without gen", "without inv", "without prior", "GEDI, Sinkhorn targets", "k-means"):
+        assert f"| {row}" in text
+    assert text.count("+-") == 12  # NMI and ACC for each of the six rows
