@@ -43,7 +43,7 @@ def train(args: argparse.Namespace) -> int:
         if args.steps is not None:
             options["steps"] = args.steps
         trainer = GEDITrainer(TrainConfig(**options | _overrides(args.set)), out)
-    trainer.train()
+    trainer.train(progress=sys.stderr.isatty())
     scores = trainer.evaluate()
     path = trainer.write_metrics(scores)
     pictures = plot_run(trainer)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from gedi_fast import checkpoint, metrics
 from gedi_fast.augment import augment_images, jitter
@@ -111,12 +112,17 @@ class GEDITrainer:
         self.step += 1
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
-    def train(self, until: int | None = None) -> list[dict]:
-        """Train to step `until` (default config.steps), logging and checkpointing on the way."""
+    def train(self, until: int | None = None, progress: bool = False) -> list[dict]:
+        """Train to step `until` (default config.steps), logging and checkpointing on the way.
+
+        progress=True shows a tqdm bar (the CLI asks for one only on a terminal).
+        """
         until = self.config.steps if until is None else until
         started, first = time.perf_counter(), self.step
+        bar = tqdm(total=until, initial=self.step, desc=self.config.dataset, disable=not progress, leave=False)
         while self.step < until:
             values = self.train_step()
+            bar.update(1)
             if self.step % self.config.log_every == 0 or self.step == until:
                 record = {"step": self.step, **{k: v.item() for k, v in values.items()}}
                 record["energy_gap"] = record["energy_neg"] - record["energy_data"] if self.sampler else math.nan
@@ -126,6 +132,7 @@ class GEDITrainer:
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {record}")
             if self.step % self.config.checkpoint_every == 0 or self.step == until:
                 self.save()
+        bar.close()
         return self.history
 
     @torch.no_grad()
