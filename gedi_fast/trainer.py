@@ -92,15 +92,15 @@ class GEDITrainer:
         self.step = 0
         self.history: list[dict] = []
 
-    def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.dataset.kind == "image":
-            return augment_images(x, self.generator), augment_images(x, self.generator)
-        return jitter(x, self.config.jitter, self.generator), jitter(x, self.config.jitter, self.generator)
+            return augment_images(x, generator), augment_images(x, generator)
+        return jitter(x, self.config.jitter, generator), jitter(x, self.config.jitter, generator)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         indices = torch.randint(0, len(self.train_x), (self.config.batch_size,), generator=self.generator,
                                 device=self.device)
-        view1, view2 = self.views(self.train_x[indices])
+        view1, view2 = self.views(self.train_x[indices], self.generator)
         samples = self.sampler.sample(self.model, self.config.batch_size) if self.sampler is not None else None
         self.model.train()
         z1, z2 = self.model(view1), self.model(view2)
@@ -143,7 +143,8 @@ class GEDITrainer:
         features = self.model.features(x)
         logits = self.model.head(features)
         predicted = logits.argmax(1).cpu()
-        view1, view2 = self.views(x)
+        # Its own stream: evaluating mid-run must not shift the training draws (resume equivalence).
+        view1, view2 = self.views(x, torch.Generator(device=self.device).manual_seed(self.config.seed + 2))
         agreement = (self.model(view1).argmax(1) == self.model(view2).argmax(1)).float().mean().item()
         centred = features - features.mean(0)
         singular = torch.linalg.svdvals(centred.double())

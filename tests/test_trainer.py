@@ -29,6 +29,7 @@ def test_resume_gives_the_same_parameters_as_an_unbroken_run(tmp_path):
     straight.train()
     broken = GEDITrainer(TrainConfig(**SMALL), tmp_path / "b")
     broken.train(until=9)
+    broken.evaluate()  # evaluating mid-run must not change what training draws next
     broken.save()
     resumed = GEDITrainer.resume(tmp_path / "b")
     assert resumed.step == 9
