@@ -1,12 +1,18 @@
 """GEDILoss: the GEDI objective as a drop-in torch.nn.Module."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from gedi_fast import reference
+from gedi_fast.distributed import check_distributed, resolve
 from gedi_fast.ops.backend import BACKENDS, use_triton
 from gedi_fast.ops.sinkhorn import fused_sinkhorn_knopp
 from gedi_fast.validation import check_gedi_inputs, require_choice, require_int, require_real
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 class GEDILoss(torch.nn.Module):
@@ -20,6 +26,16 @@ class GEDILoss(torch.nn.Module):
     and digits. backend="auto" runs the fused Triton kernels (gedi_fast.kernels) for CUDA logits
     and the plain-torch reference otherwise; "triton" insists on the kernels (CPU tensors only under
     TRITON_INTERPRET=1), "torch" on the reference.
+
+    Under torch.distributed (DDP), distributed="auto" (or True) treats every rank's rows as one batch:
+    the prior's pbar, the gen, inv and energy_reg means and Sinkhorn's cluster sums run over all ranks
+    of `process_group` (default: the default group), by all-reduces of K-vectors and scalars in the
+    forward, so every rank gets the same loss and terms, those of one process on all the rows. Each
+    rank's gradient for its own logits is the world size times the single-process one, so DDP's
+    averaged parameter gradients equal the single-process large-batch gradients. Batch sizes may
+    differ between ranks; pass zn on every rank or on none. Every rank must call the loss (the same
+    number of times, with the same settings). Without an initialised process group, or with one rank,
+    it is the single-process loss; distributed=False keeps each rank to its own batch.
     """
 
     def __init__(
@@ -33,6 +49,8 @@ class GEDILoss(torch.nn.Module):
         sinkhorn_iters: int = 3,
         energy_reg: float = 0.0,
         backend: str = "auto",
+        distributed: bool | str = "auto",
+        process_group: ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         self.temperature = require_real(temperature, "temperature", positive=True)
@@ -46,6 +64,8 @@ class GEDILoss(torch.nn.Module):
         self.sinkhorn_eps = require_real(sinkhorn_eps, "sinkhorn_eps", positive=True)
         self.sinkhorn_iters = require_int(sinkhorn_iters, "sinkhorn_iters", minimum=1)
         self.backend = require_choice(backend, "backend", BACKENDS)
+        self.distributed = check_distributed(distributed, process_group)
+        self.process_group = process_group
 
     def forward(
         self,
@@ -55,23 +75,26 @@ class GEDILoss(torch.nn.Module):
         return_terms: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         check_gedi_inputs(z1, z2, zn)
+        ranks = resolve(self.distributed, self.process_group)
         if use_triton(self.backend, z1):
-            loss, terms = self._fused(z1, z2, zn)
+            loss, terms = self._fused(z1, z2, zn, ranks)
         else:
             terms = reference.gedi_terms(
-                z1, z2, zn, self.temperature, self.assignment, self.sinkhorn_eps, self.sinkhorn_iters
+                z1, z2, zn, self.temperature, self.assignment, self.sinkhorn_eps, self.sinkhorn_iters, ranks
             )
             loss = reference.weighted_loss(terms, self.weights)
         return (loss, terms) if return_terms else loss
 
-    def _fused(self, z1, z2, zn) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _fused(self, z1, z2, zn, ranks) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from gedi_fast.kernels import gedi_terms
 
         targets = None
         if self.assignment == "sinkhorn":
-            targets = tuple(fused_sinkhorn_knopp(z.detach(), self.sinkhorn_eps, self.sinkhorn_iters) for z in (z1, z2))
+            targets = tuple(
+                fused_sinkhorn_knopp(z.detach(), self.sinkhorn_eps, self.sinkhorn_iters, ranks) for z in (z1, z2)
+            )
         weights = [self.weights[name] for name in reference.TERM_NAMES]
-        vector = gedi_terms.gedi_terms(z1, z2, zn, targets, self.temperature, weights)
+        vector = gedi_terms.gedi_terms(z1, z2, zn, targets, self.temperature, weights, ranks)
         values = dict(zip(reference.TERM_VECTOR, vector.unbind()))
         terms = {name: values[name] for name in reference.TERM_NAMES}
         terms.update({name: values[name].detach() for name in reference.DIAGNOSTIC_NAMES})
@@ -79,4 +102,5 @@ class GEDILoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         weights = ", ".join(f"{name}_weight={w:g}" for name, w in self.weights.items())
-        return f"temperature={self.temperature:g}, {weights}, assignment={self.assignment!r}, backend={self.backend!r}"
+        return (f"temperature={self.temperature:g}, {weights}, assignment={self.assignment!r}, "
+                f"backend={self.backend!r}, distributed={self.distributed!r}")

@@ -3,14 +3,20 @@
 This module is the test oracle every kernel is checked against and the CPU runtime path. It works
 in float64 when given float64 and in float32 otherwise (fp16/bf16 inputs are upcast first), and it
 stays finite for every finite input: log-probabilities come from logsumexp, the prior's batch mean is
-taken in the log domain, and Sinkhorn-Knopp runs on log-scaled matrices.
+taken in the log domain, and Sinkhorn-Knopp runs on log-scaled matrices. Given `ranks`
+(gedi_fast.distributed), the batch is every rank's rows together: the same formulas over sums that
+are all-reduced across ranks.
 """
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from gedi_fast.distributed import Ranks
 
 TERM_NAMES = ("gen", "inv", "prior", "energy_reg")
 DIAGNOSTIC_NAMES = ("energy_data", "energy_neg", "cluster_entropy")
@@ -37,20 +43,29 @@ def energy(z: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sinkhorn_knopp(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
+def sinkhorn_knopp(scores: torch.Tensor, eps: float = 0.05, iters: int = 3, ranks: Ranks | None = None) -> torch.Tensor:
     """SwAV's balanced assignments (B x K, rows sum to 1), computed in the log domain.
 
     SwAV: Q = exp(scores / eps)^T; Q /= Q.sum(); then `iters` times: each cluster (row of Q) is
     divided by its sum and by K, each sample (column) by its sum and by B; finally Q *= B. Here each
     division is the subtraction of a logsumexp, so no entry overflows or turns into 0/0. The first
-    Q /= Q.sum() cancels in the first per-cluster normalisation and is left out.
+    Q /= Q.sum() cancels in the first per-cluster normalisation and is left out. With `ranks`, as in
+    SwAV's distributed_sinkhorn, the cluster sums run over all ranks' samples and B is the global
+    batch; each rank returns the rows of its own samples.
     """
     log_q = scores.detach().to(compute_dtype(scores)) / eps
     batch, clusters = log_q.shape
+    log_batch = math.log(batch) if ranks is None else ranks.sum(log_q.new_full((), batch)).log()
     for _ in range(iters):
-        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(clusters)
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - math.log(batch)
-    return torch.exp(log_q + math.log(batch))
+        log_q = log_q - _cluster_logsumexp(log_q, ranks) - math.log(clusters)
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - log_batch
+    return torch.exp(log_q + log_batch)
+
+
+def _cluster_logsumexp(log_q: torch.Tensor, ranks: Ranks | None) -> torch.Tensor:
+    """logsumexp over the samples (rows) of each cluster, of all ranks' samples given `ranks`."""
+    local = torch.logsumexp(log_q, dim=0, keepdim=True)
+    return local if ranks is None else ranks.logsumexp(local)
 
 
 def gedi_statistics(
@@ -64,54 +79,85 @@ def gedi_statistics(
 
     "lse1", "lse2" (B), "lse_n" (M, or None): row logsumexp of z / temperature;
     "cross1" = sum_k t2 log q1, "cross2" = sum_k t1 log q2 (B), with t = q when targets is None;
-    "log_pbar" (K): log of the mean assignment over the 2B view rows, taken in the log domain.
+    "log_columns" (K): log of the column sums sum_i q_ik over the 2B view rows, taken in the log
+    domain (2B pbar: the prior's batch mean before the division).
     """
     log_q1, lse1 = scaled_log_softmax(z1, temperature)
     log_q2, lse2 = scaled_log_softmax(z2, temperature)
     t1, t2 = (log_q1.exp(), log_q2.exp()) if targets is None else (t.to(log_q1.dtype) for t in targets)
-    batch = z1.shape[0]
     return {
         "lse1": lse1,
         "lse2": lse2,
         "lse_n": None if zn is None else -energy(zn, temperature),
         "cross1": (t2 * log_q1).sum(1),
         "cross2": (t1 * log_q2).sum(1),
-        "log_pbar": torch.logsumexp(torch.cat([log_q1, log_q2]), dim=0) - math.log(2 * batch),
+        "log_columns": torch.logsumexp(torch.cat([log_q1, log_q2]), dim=0),
+    }
+
+
+def batch_sums(stats: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | int | None]:
+    """The row counts and sums over rows that every term is a ratio of.
+
+    Added up over ranks ("log_columns" by logsumexp) they give the terms of all ranks' rows at once.
+    "views" = 2B and "samples" = M are counts; "lse_n", "lse_n_sq" are None without samples.
+    """
+    views = torch.cat([stats["lse1"], stats["lse2"]])
+    lse_n = stats["lse_n"]
+    return {
+        "views": views.shape[0],
+        "lse": views.sum(),
+        "lse_sq": views.square().sum(),
+        "cross": stats["cross1"].sum() + stats["cross2"].sum(),
+        "samples": 0 if lse_n is None else lse_n.shape[0],
+        "lse_n": None if lse_n is None else lse_n.sum(),
+        "lse_n_sq": None if lse_n is None else lse_n.square().sum(),
+        "log_columns": stats["log_columns"],
+    }
+
+
+def terms_from_sums(sums: dict[str, torch.Tensor | int | None]) -> dict[str, torch.Tensor]:
+    """The unweighted terms and detached diagnostics of DESIGN.md from batch_sums' output.
+
+    Counts are ints on one process and tensors once all-reduced across ranks (never read back).
+    """
+    views = sums["views"]
+    energy_data = -sums["lse"] / views
+    energy_reg = sums["lse_sq"] / views
+    if sums["lse_n"] is None:
+        gen = energy_data.new_zeros(())
+        energy_neg = energy_data.new_full((), math.nan)
+    else:
+        energy_neg = -sums["lse_n"] / sums["samples"]
+        gen = energy_data - energy_neg
+        energy_reg = energy_reg + sums["lse_n_sq"] / sums["samples"]
+    log_columns = sums["log_columns"]
+    log_pbar = log_columns - (views.log() if isinstance(views, torch.Tensor) else math.log(views))
+    return {
+        "gen": gen,
+        "inv": -sums["cross"] / views,
+        "prior": -math.log(log_pbar.shape[0]) - log_pbar.mean(),
+        "energy_reg": energy_reg,
+        "energy_data": energy_data.detach(),
+        "energy_neg": energy_neg.detach(),
+        "cluster_entropy": -(log_pbar.exp() * log_pbar).sum().detach(),
     }
 
 
 def terms_from_statistics(stats: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
     """The unweighted terms and detached diagnostics of DESIGN.md from gedi_statistics' output."""
-    energy_views = -torch.cat([stats["lse1"], stats["lse2"]])
-    lse_n = stats["lse_n"]
-    if lse_n is None:
-        gen = energy_views.new_zeros(())
-        energy_reg = energy_views.square().mean()
-        energy_neg = energy_views.new_full((), math.nan)
-    else:
-        gen = energy_views.mean() + lse_n.mean()
-        energy_reg = energy_views.square().mean() + lse_n.square().mean()
-        energy_neg = -lse_n.mean().detach()
-    log_pbar = stats["log_pbar"]
-    return {
-        "gen": gen,
-        "inv": -(stats["cross1"].sum() + stats["cross2"].sum()) / energy_views.shape[0],
-        "prior": -math.log(log_pbar.shape[0]) - log_pbar.mean(),
-        "energy_reg": energy_reg,
-        "energy_data": energy_views.mean().detach(),
-        "energy_neg": energy_neg,
-        "cluster_entropy": -(log_pbar.exp() * log_pbar).sum().detach(),
-    }
+    return terms_from_sums(batch_sums(stats))
 
 
 def assignment_targets(
-    z1: torch.Tensor, z2: torch.Tensor, assignment: str, sinkhorn_eps: float, sinkhorn_iters: int
+    z1: torch.Tensor, z2: torch.Tensor, assignment: str, sinkhorn_eps: float, sinkhorn_iters: int,
+    ranks: Ranks | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The inv term's targets: None for "softmax" (t = q, with gradient), Sinkhorn-Knopp per view otherwise."""
     if assignment == "softmax":
         return None
     if assignment == "sinkhorn":
-        return sinkhorn_knopp(z1, sinkhorn_eps, sinkhorn_iters), sinkhorn_knopp(z2, sinkhorn_eps, sinkhorn_iters)
+        return (sinkhorn_knopp(z1, sinkhorn_eps, sinkhorn_iters, ranks),
+                sinkhorn_knopp(z2, sinkhorn_eps, sinkhorn_iters, ranks))
     raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
 
 
@@ -123,14 +169,20 @@ def gedi_terms(
     assignment: str = "softmax",
     sinkhorn_eps: float = 0.05,
     sinkhorn_iters: int = 3,
+    ranks: Ranks | None = None,
 ) -> dict[str, torch.Tensor]:
     """The unweighted GEDI terms and detached diagnostics for views z1, z2 (B x K), samples zn (M x K).
 
     Returns 0-dim tensors: "gen", "inv", "prior", "energy_reg" (differentiable) and "energy_data",
-    "energy_neg" (NaN without samples), "cluster_entropy" (detached).
+    "energy_neg" (NaN without samples), "cluster_entropy" (detached). With `ranks`, the terms of all
+    ranks' rows together, the same on every rank; each rank's gradient is for its own rows, times the
+    world size (see gedi_fast.distributed).
     """
-    targets = assignment_targets(z1, z2, assignment, sinkhorn_eps, sinkhorn_iters)
-    return terms_from_statistics(gedi_statistics(z1, z2, zn, temperature, targets))
+    targets = assignment_targets(z1, z2, assignment, sinkhorn_eps, sinkhorn_iters, ranks)
+    sums = batch_sums(gedi_statistics(z1, z2, zn, temperature, targets))
+    if ranks is not None:
+        sums = {**ranks.sum_rows(sums), "log_columns": ranks.logsumexp(sums["log_columns"])}
+    return terms_from_sums(sums)
 
 
 def gedi_gradients(
@@ -159,7 +211,7 @@ def gedi_gradients(
     log_q1, log_q2 = (scaled_log_softmax(z, temperature)[0] for z in (z1, z2))
     q1, q2 = log_q1.exp(), log_q2.exp()
     n_views = 2 * z1.shape[0]
-    log_share = stats["log_pbar"] + math.log(z1.shape[1] * n_views)
+    log_share = stats["log_columns"] + math.log(z1.shape[1])
 
     def view_grad(q, log_q, lse, q_other, log_q_other, cross_other, target_other):
         share = (log_q - log_share).exp()

@@ -8,6 +8,11 @@ All reductions run in a fixed order: the same result every run, no atomics. The 
 statistics (lse, cross terms) and log pbar; the backward re-reads the inputs with them and writes the
 three gradients in one launch, reading upstream gradients from the device (no host sync).
 
+Distributed (gedi_terms with `ranks`): the same forward launch on this rank's rows, then its per-cluster
+(max, sum-exp) pairs and row sums are all-reduced and the terms of all ranks' rows are formed in torch
+by the reference's formulas; the backward kernel takes the global column stats and row counts (from
+device memory) and writes world size x the gradient of the global terms for this rank's rows.
+
 Formulas: gedi_fast.reference.gedi_statistics / terms_from_statistics (the oracle the tests use).
 """
 from __future__ import annotations
@@ -21,6 +26,7 @@ import triton
 import triton.language as tl
 
 from gedi_fast import reference
+from gedi_fast.distributed import Ranks
 
 NEG_INF = tl.constexpr(float("-inf"))
 SINGLE_CHUNK_MAX = 4096  # widest row (columns, padded to a power of 2) one tile holds
@@ -327,10 +333,11 @@ def _store_tile(ptr, rows, row_ok, cols, col_ok, stride, value):
 
 @triton.jit(do_not_specialize=SIZE_ARGS)
 def _bwd_rows_kernel(
-    z1, z2, zn, t1, t2, stats, lse_n, columns, grad_terms, dz1, dz2, dzn,
+    z1, z2, zn, t1, t2, stats, lse_n, columns, grad_terms, counts, dz1, dz2, dzn,
     B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program,
     w_gen, w_inv, w_prior, w_ereg,
     SINKHORN: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    GLOBAL_COUNTS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     r = tl.arange(0, BLOCK_B)
@@ -340,7 +347,12 @@ def _bwd_rows_kernel(
     g_inv = g_loss * w_inv + tl.load(grad_terms + 2)
     g_prior = g_loss * w_prior + tl.load(grad_terms + 3)
     g_ereg = g_loss * w_ereg + tl.load(grad_terms + 4)
-    n_views = 2.0 * B
+    if GLOBAL_COUNTS:  # all ranks' view and sample rows, on the device (no host sync)
+        n_views = tl.load(counts + 0)
+        samples = tl.load(counts + 1)
+    else:
+        n_views = 2.0 * B
+        samples = tl.maximum(M, 1) * 1.0
     log_k = tl.log(K * 1.0)
     if pid < n_view_programs:
         row0 = pid.to(tl.int64) * rows_per_program
@@ -388,7 +400,6 @@ def _bwd_rows_kernel(
                 _store_tile(dz2 + start, rows, row_ok, c, col_ok, stride_z, ds2 * inv_tau)
     else:
         row0 = (pid - n_view_programs).to(tl.int64) * rows_per_program
-        samples = tl.maximum(M, 1) * 1.0
         for sub in range(0, rows_per_program, BLOCK_B):
             rows = row0 + sub + r
             row_ok = rows < M
@@ -493,8 +504,13 @@ def _backward(
     grad_terms: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor],
     t1: Optional[torch.Tensor], t2: Optional[torch.Tensor], stats: torch.Tensor, lse_n: torch.Tensor,
     columns: torch.Tensor, temperature: float, weights: list[float], wrap: Callable = _identity,
+    counts: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dz1, dz2, dzn) in the inputs' dtypes; dzn is empty (0 x K) without samples."""
+    """(dz1, dz2, dzn) in the inputs' dtypes; dzn is empty (0 x K) without samples.
+
+    counts: float32 [view rows, max(sample rows, 1)] over all ranks, with `columns` over all ranks;
+    None for this batch alone.
+    """
     z1, z2 = _rows_contiguous(z1), _rows_contiguous(z2)
     batch, clusters = z1.shape
     samples = 0 if zn is None else zn.shape[0]
@@ -508,11 +524,12 @@ def _backward(
     t1 = _rows_contiguous(t1) if sinkhorn else z1
     t2 = _rows_contiguous(t2) if sinkhorn else z1
     wrap(_bwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
-        z1, z2, zn_arg, t1, t2, stats, lse_arg, columns, grad_terms.contiguous(), dz1, dz2, dzn_arg,
+        z1, z2, zn_arg, t1, t2, stats, lse_arg, columns, grad_terms.contiguous(),
+        grad_terms if counts is None else counts, dz1, dz2, dzn_arg,
         batch, samples, clusters, z1.stride(0), zn_arg.stride(0), t1.stride(0), 1.0 / temperature,
         plan.view_programs, plan.rows_per_program, *weights,
         SINKHORN=sinkhorn, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
-        num_warps=plan.num_warps,
+        GLOBAL_COUNTS=counts is not None, num_warps=plan.num_warps,
     )
     return dz1, dz2, dzn
 
@@ -555,9 +572,9 @@ def _gedi_terms_fwd_cpu(z1, z2, zn, t1, t2, temperature, weights):
     vector, stats = _reference_vector(z1, z2, zn, t1, t2, temperature, weights)
     rows = torch.stack([stats[k] for k in ("lse1", "lse2", "cross1", "cross2")], 1).float()
     lse_n = stats["lse_n"].float() if zn is not None else rows.new_empty(0)
-    # Any split of log(N pbar) into (max, log-sum) is valid; the reference keeps log pbar whole.
-    log_rows_pbar = stats["log_pbar"].float() + math.log(2 * z1.shape[0])
-    return vector, rows, lse_n, torch.stack([log_rows_pbar, torch.zeros_like(log_rows_pbar)])
+    # Any split of log(N pbar) into (max, log-sum) is valid; the reference keeps it whole.
+    log_columns = stats["log_columns"].float()
+    return vector, rows, lse_n, torch.stack([log_columns, torch.zeros_like(log_columns)])
 
 
 @gedi_terms_bwd.register_kernel("cpu")
@@ -602,17 +619,48 @@ class _EagerGEDITerms(torch.autograd.Function):
         return _gradients(ctx, grad_terms, _backward)
 
 
+class _DistributedGEDITerms(torch.autograd.Function):
+    """The terms of all ranks' rows: this rank's forward launch, all-reduced column pairs and row sums,
+    the reference's formulas in torch; the backward launch with the global columns and counts."""
+
+    @staticmethod
+    def forward(ctx, z1, z2, zn, t1, t2, temperature, weights, ranks: Ranks):
+        _, rows, lse_n, columns = _forward(z1, z2, zn, t1, t2, temperature, weights)
+        top, total = ranks.max_sum(columns[0], columns[1].exp())
+        columns = torch.stack([top, total.log()])
+        stats = {"lse1": rows[:, 0], "lse2": rows[:, 1], "cross1": rows[:, 2], "cross2": rows[:, 3],
+                 "lse_n": None if zn is None else lse_n, "log_columns": columns.sum(0)}
+        sums = ranks.sum_rows(reference.batch_sums(stats))
+        terms = reference.terms_from_sums(sums)
+        terms["loss"] = reference.weighted_loss(terms, dict(zip(reference.TERM_NAMES, weights)))
+        counts = torch.stack([sums["views"], sums["samples"].clamp(min=1)])
+        _setup_context(ctx, (z1, z2, zn, t1, t2, temperature, weights), (None, rows, lse_n, columns))
+        ctx.counts, ctx.world_size = counts, ranks.world_size
+        return torch.stack([terms[name] for name in reference.TERM_VECTOR])
+
+    @staticmethod
+    def backward(ctx, grad_terms):
+        def backward(grad, *args):
+            return _backward(grad * ctx.world_size, *args, counts=ctx.counts)
+
+        return *_gradients(ctx, grad_terms, backward), None
+
+
 def gedi_terms(
     z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor],
     targets: Optional[tuple[torch.Tensor, torch.Tensor]], temperature: float, weights: list[float],
+    ranks: Optional[Ranks] = None,
 ) -> torch.Tensor:
     """The terms vector (reference.TERM_VECTOR order), differentiable in z1, z2, zn.
 
     `targets` are Sinkhorn assignments (constants) or None for softmax targets. `weights` are
     (gen, inv, prior, energy_reg) for entry 0, the weighted loss. Eager calls launch the kernels
-    directly; under torch.compile the registered op is traced instead.
+    directly; under torch.compile the registered op is traced instead. With `ranks`, the terms of all
+    ranks' rows (the same on every rank) and world size x their gradient for this rank's rows.
     """
     t1, t2 = (None, None) if targets is None else targets
+    if ranks is not None:
+        return _DistributedGEDITerms.apply(z1, z2, zn, t1, t2, temperature, weights, ranks)
     if torch.compiler.is_compiling():
         return torch.ops.gedi_fast.gedi_terms_fwd(z1, z2, zn, t1, t2, temperature, weights)[0]
     return _EagerGEDITerms.apply(z1, z2, zn, t1, t2, temperature, weights)[0]

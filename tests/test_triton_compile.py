@@ -31,7 +31,7 @@ def build(kernel, constexprs: dict, num_warps: int, logit_type: str = "*bf16"):
         elif name in FLOAT_ARGS:
             signature[name] = "fp32"
         elif name.endswith("_ptr") or name in {"t1", "t2", "stats", "lse_n", "part_max", "part_sum", "columns",
-                                               "terms", "grad_terms"}:
+                                               "terms", "grad_terms", "counts"}:
             signature[name] = "*fp32"
         else:
             signature[name] = "i32"
@@ -45,14 +45,16 @@ def build(kernel, constexprs: dict, num_warps: int, logit_type: str = "*bf16"):
 def test_gedi_rows_kernels_compile(batch, clusters, kernel):
     plan = gedi_terms._Plan.make(batch, 64, clusters)
     constexprs = dict(SINKHORN=True, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k)
+    if kernel == "_bwd_rows_kernel":
+        constexprs["GLOBAL_COUNTS"] = batch == 256  # the distributed variant at one size
     build(getattr(gedi_terms, kernel), constexprs, plan.num_warps)
 
 
 def test_gedi_softmax_variant_and_reductions_compile():
     plan = gedi_terms._Plan.make(4096, 0, 3000)
-    for kernel in (gedi_terms._fwd_rows_kernel, gedi_terms._bwd_rows_kernel):
-        build(kernel, dict(SINKHORN=False, SINGLE_CHUNK=True, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k),
-              plan.num_warps, "*fp16")
+    tiles = dict(SINKHORN=False, SINGLE_CHUNK=True, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k)
+    build(gedi_terms._fwd_rows_kernel, tiles, plan.num_warps, "*fp16")
+    build(gedi_terms._bwd_rows_kernel, {**tiles, "GLOBAL_COUNTS": False}, plan.num_warps, "*fp16")
     build(gedi_terms._combine_kernel, dict(BLOCK=256), 4)
     for combine in (False, True):
         build(gedi_terms._finalize_kernel, dict(COMBINE=combine, BLOCK=1024), 8)
