@@ -1,5 +1,10 @@
-"""Batched, on-device view augmentations (no torchvision): Gaussian jitter for vectors; crop, flip,
-colour jitter and noise for images. Every draw comes from the caller's generator, so runs replay."""
+"""Batched, on-device view augmentations (no torchvision): Gaussian jitter for vectors, rotation about
+the origin plus jitter for rotation-symmetric 2-D data, crop/flip/colour jitter/noise for images.
+Every draw comes from the caller's generator, so runs replay.
+
+The augmentations decide what a cluster means: the invariance term only separates groups that no
+augmentation carries into each other, so they should encode the data's known symmetries.
+"""
 from __future__ import annotations
 
 import torch
@@ -9,6 +14,16 @@ import torch.nn.functional as F
 def jitter(x: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
     """x plus N(0, scale^2) noise."""
     return x + scale * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def rotate_and_jitter(x: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """2-D points rotated about the origin by a uniform random angle each, then jittered."""
+    if x.dim() != 2 or x.shape[1] != 2:
+        raise ValueError(f"rotation views need N x 2 points, got x of shape {tuple(x.shape)}")
+    angle = (2 * torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) - 1) * torch.pi
+    cos, sin = angle.cos(), angle.sin()
+    rotated = torch.stack([cos * x[:, 0] - sin * x[:, 1], sin * x[:, 0] + cos * x[:, 1]], dim=1)
+    return jitter(rotated, scale, generator)
 
 
 def augment_images(x: torch.Tensor, generator: torch.Generator, pad: int = 4, noise: float = 0.02) -> torch.Tensor:

@@ -14,17 +14,20 @@ SUMMARY_KEYS = ("nmi", "ari", "acc", "largest_cluster_share", "usage_entropy", "
 
 
 def _overrides(pairs: list[str]) -> dict:
-    """--set key=value pairs, typed like the TrainConfig field they name."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    defaults = TrainConfig()
+    """--set key=value pairs, typed like the TrainConfig field they name ("none" clears an optional one)."""
+    fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     result = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or key not in fields:
             raise SystemExit(f"--set expects key=value with key one of {sorted(fields)}, got {pair!r}")
-        kind = type(getattr(defaults, key))
+        annotation = fields[key]
+        if "None" in annotation and text.lower() == "none":
+            result[key] = None
+            continue
+        kind = next((k for k in (int, float) if annotation.startswith(k.__name__)), str)
         try:
-            result[key] = text if kind in (str, type(None)) else kind(text)
+            result[key] = kind(text)
         except ValueError:
             raise SystemExit(f"--set {key} expects a {kind.__name__}, got {text!r}") from None
     return result

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from gedi_fast import checkpoint, metrics
-from gedi_fast.augment import augment_images, jitter
+from gedi_fast.augment import augment_images, jitter, rotate_and_jitter
 from gedi_fast.data import Dataset, load_dataset
 from gedi_fast.loss import GEDILoss
 from gedi_fast.models import build_model
@@ -25,27 +25,36 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 @dataclass
 class TrainConfig:
-    """Every knob of a run; saved in each checkpoint and in metrics.json."""
+    """Every knob of a run; saved in each checkpoint and in metrics.json.
+
+    The defaults are the ones docs/RESULTS.md measures (moons, circles, digits): prior weight 3 keeps
+    the clusters balanced early, while the network still commits to a partition; SGLD uses small
+    Langevin steps on vectors (JEM's step 1.0 / noise 0.01 are for images in [-1, 1]). None means
+    "the dataset's choice": `augmentation` and `view_noise` come from the dataset, the SGLD step and
+    noise from the kind of data.
+    """
 
     dataset: str = "moons"
     data_root: str | None = None
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 256
     clusters: int = 0  # 0: the dataset's number of classes
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"  # "bf16": autocast the model; the loss internals stay fp32
     lr: float = 1e-3
     hidden: int = 256
     temperature: float = 0.1
     gen_weight: float = 1.0
     inv_weight: float = 1.0
-    prior_weight: float = 1.0
-    energy_reg: float = 0.1
+    prior_weight: float = 3.0
+    energy_reg: float = 0.0
     assignment: str = "softmax"
-    jitter: float = 0.1
+    augmentation: str | None = None  # "jitter" | "rotation" | "image"
+    view_noise: float | None = None
     sgld_steps: int = 20
-    sgld_step_size: float = 1.0
-    sgld_noise: float = 0.01
+    sgld_step_size: float | None = None
+    sgld_noise: float | None = None
     buffer_size: int = 10_000
     reinit_prob: float = 0.05
     log_every: int = 100
@@ -60,11 +69,20 @@ class TrainConfig:
         require_int(self.seed, "seed", minimum=0)
         for name in ("lr", "temperature"):
             require_real(getattr(self, name), name, positive=True)
-        for name in ("jitter", "energy_reg", "sgld_step_size", "sgld_noise", "reinit_prob"):
-            require_real(getattr(self, name), name, non_negative=True)
+        for name in ("view_noise", "energy_reg", "sgld_step_size", "sgld_noise", "reinit_prob"):
+            if getattr(self, name) is not None:
+                require_real(getattr(self, name), name, non_negative=True)
         for name in ("gen_weight", "inv_weight", "prior_weight"):
             require_real(getattr(self, name), name)
         require_choice(self.assignment, "assignment", ("softmax", "sinkhorn"))
+        require_choice(self.precision, "precision", ("fp32", "bf16"))
+        if self.augmentation is not None:
+            require_choice(self.augmentation, "augmentation", AUGMENTATIONS)
+
+
+# Langevin step and noise per kind of data when the config leaves them None.
+SGLD_DEFAULTS = {"vector": (0.01, 0.1), "image": (1.0, 0.01)}
+AUGMENTATIONS = ("jitter", "rotation", "image")
 
 
 class GEDITrainer:
@@ -82,29 +100,43 @@ class GEDITrainer:
         self.loss_fn = GEDILoss(config.temperature, config.gen_weight, config.inv_weight, config.prior_weight,
                                 config.assignment, energy_reg=config.energy_reg)
         self.train_x = self.dataset.train_x.to(self.device)
+        self.augmentation = config.augmentation or self.dataset.augmentation
+        self.view_noise = self.dataset.view_noise if config.view_noise is None else config.view_noise
+        if self.augmentation == "image" and self.dataset.kind != "image" or self.augmentation == "rotation" and (
+                self.dataset.input_shape != (2,)):
+            raise ValueError(f"augmentation {self.augmentation!r} does not fit dataset {self.dataset.name!r} "
+                             f"with inputs of shape {self.dataset.input_shape}")
         low, high = float(self.train_x.min()), float(self.train_x.max())
         self.sampler = None
         if config.gen_weight != 0 or config.energy_reg != 0:
-            sgld = SGLDConfig(config.sgld_steps, config.sgld_step_size, config.sgld_noise, config.buffer_size,
-                              config.reinit_prob, low, high)
+            step_size, noise = SGLD_DEFAULTS[self.dataset.kind]
+            step_size = step_size if config.sgld_step_size is None else config.sgld_step_size
+            noise = noise if config.sgld_noise is None else config.sgld_noise
+            sgld = SGLDConfig(config.sgld_steps, step_size, noise, config.buffer_size, config.reinit_prob, low, high)
             self.sampler = SGLDSampler(self.dataset.input_shape, sgld, config.temperature, config.seed, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.step = 0
         self.history: list[dict] = []
 
     def views(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.dataset.kind == "image":
-            return augment_images(x, generator), augment_images(x, generator)
-        return jitter(x, self.config.jitter, generator), jitter(x, self.config.jitter, generator)
+        if self.augmentation == "image":
+            return augment_images(x, generator, noise=self.view_noise), augment_images(x, generator, noise=self.view_noise)
+        augment = rotate_and_jitter if self.augmentation == "rotation" else jitter
+        return augment(x, self.view_noise, generator), augment(x, self.view_noise, generator)
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast of the model when asked for; GEDILoss upcasts the logits, so its internals stay fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     def train_step(self) -> dict[str, torch.Tensor]:
         indices = torch.randint(0, len(self.train_x), (self.config.batch_size,), generator=self.generator,
                                 device=self.device)
         view1, view2 = self.views(self.train_x[indices], self.generator)
-        samples = self.sampler.sample(self.model, self.config.batch_size) if self.sampler is not None else None
-        self.model.train()
-        z1, z2 = self.model(view1), self.model(view2)
-        zn = self.model(samples) if samples is not None else None
+        with self.autocast():
+            samples = self.sampler.sample(self.model, self.config.batch_size) if self.sampler is not None else None
+            self.model.train()
+            z1, z2 = self.model(view1), self.model(view2)
+            zn = self.model(samples) if samples is not None else None
         loss, terms = self.loss_fn(z1, z2, zn, return_terms=True)
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()

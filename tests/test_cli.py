@@ -36,12 +36,20 @@ def test_python_dash_m_entry_point(tmp_path):
 @pytest.mark.parametrize(
     "argv,message",
     [(["train", "--out", "x", "--set", "nope=1"], "--set expects key=value"),
-     (["train", "--out", "x", "--set", "steps=many"], "--set steps expects a int")],
+     (["train", "--out", "x", "--set", "steps=many"], "--set steps expects a int"),
+     (["train", "--out", "x", "--set", "view_noise=loud"], "--set view_noise expects a float")],
 )
 def test_bad_flags_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert message in str(exc.value)
+
+
+def test_set_types_optional_fields_and_clears_them():
+    from gedi_fast.cli import _overrides
+
+    assert _overrides(["view_noise=0.25", "sgld_step_size=none", "augmentation=jitter", "steps=7"]) == {
+        "view_noise": 0.25, "sgld_step_size": None, "augmentation": "jitter", "steps": 7}
 
 
 def test_missing_dataset_files_and_checkpoint_are_clear_errors(tmp_path, capsys):

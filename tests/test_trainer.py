@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gedi_fast import checkpoint
-from gedi_fast.augment import augment_images
+from gedi_fast.augment import augment_images, rotate_and_jitter
+from gedi_fast.data import load_dataset
 from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 SMALL = dict(steps=20, batch_size=32, hidden=32, sgld_steps=2, buffer_size=100, log_every=5, checkpoint_every=100)
@@ -68,8 +69,42 @@ def test_image_augmentations_are_reproducible_and_in_range():
 @pytest.mark.parametrize(
     "kwargs,match",
     [(dict(steps=0), "steps must be >= 1"), (dict(lr=0.0), "lr must be > 0"), (dict(clusters=1), "clusters must be 0"),
-     (dict(assignment="kmeans"), "assignment must be one of"), (dict(jitter=-1.0), "jitter must be >= 0")],
+     (dict(assignment="kmeans"), "assignment must be one of"), (dict(view_noise=-1.0), "view_noise must be >= 0"),
+     (dict(precision="fp8"), "precision must be one of"), (dict(augmentation="mixup"), "augmentation must be one of")],
 )
 def test_bad_config_names_the_field(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         TrainConfig(**kwargs)
+
+
+def test_rotation_views_keep_the_radius_and_replay():
+    x = torch.randn(500, 2, dtype=torch.float64)
+    a = rotate_and_jitter(x, 0.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(a.norm(dim=1), x.norm(dim=1), atol=1e-12)
+    assert (a - x).norm(dim=1).mean() > 0.5  # really rotated, by angles spread over the circle
+    assert torch.equal(a, rotate_and_jitter(x, 0.0, torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="N x 2 points"):
+        rotate_and_jitter(torch.randn(4, 3), 0.1, torch.Generator())
+
+
+def test_views_and_sgld_follow_the_dataset_unless_overridden(tmp_path):
+    circles = GEDITrainer(TrainConfig(**SMALL | dict(dataset="circles")), tmp_path / "c")
+    assert (circles.augmentation, circles.view_noise) == ("rotation", 0.1)
+    assert (circles.sampler.config.step_size, circles.sampler.config.noise_std) == (0.01, 0.1)
+    moons = GEDITrainer(TrainConfig(**SMALL | dict(augmentation="jitter", view_noise=0.3, sgld_step_size=0.5)),
+                        tmp_path / "m")
+    assert (moons.augmentation, moons.view_noise, moons.sampler.config.step_size) == ("jitter", 0.3, 0.5)
+    with pytest.raises(ValueError, match="augmentation 'image' does not fit dataset 'moons'"):
+        GEDITrainer(TrainConfig(**SMALL | dict(augmentation="image")), tmp_path / "x")
+    with pytest.raises(ValueError, match="augmentation 'rotation' does not fit dataset 'digits'"):
+        GEDITrainer(TrainConfig(**SMALL | dict(dataset="digits", augmentation="rotation")), tmp_path / "y")
+    assert load_dataset("digits").view_noise == 1.0
+
+
+def test_bf16_autocast_trains_with_fp32_loss(tmp_path):
+    trainer = GEDITrainer(TrainConfig(**SMALL | dict(steps=4, log_every=2, precision="bf16")), tmp_path)
+    with trainer.autocast():
+        assert trainer.model(trainer.train_x[:3]).dtype == torch.bfloat16
+    values = trainer.train_step()
+    assert values["loss"].dtype == torch.float32 and torch.isfinite(values["loss"])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
