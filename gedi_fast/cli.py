@@ -6,6 +6,7 @@ import dataclasses
 import pathlib
 import sys
 
+from gedi_fast import checkpoint, launch
 from gedi_fast.data import LOADERS, DatasetUnavailable
 from gedi_fast.plots import plot_run
 from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
@@ -38,15 +39,23 @@ def _summary(scores: dict) -> str:
 
 
 def train(args: argparse.Namespace) -> int:
+    """One process, or under torchrun one rank of a DDP run; rank 0 alone evaluates, plots and prints."""
     out = pathlib.Path(args.out)
-    if args.resume:
-        trainer = GEDITrainer.resume(out)
+    state = checkpoint.load(out / CHECKPOINT_NAME) if args.resume else None
+    if state is not None:
+        config = TrainConfig(**state["config"])
     else:
         options = dict(dataset=args.dataset, seed=args.seed, device=args.device, data_root=args.data_root)
         if args.steps is not None:
             options["steps"] = args.steps
-        trainer = GEDITrainer(TrainConfig(**options | _overrides(args.set)), out)
-    trainer.train(progress=sys.stderr.isatty())
+        config = TrainConfig(**options | _overrides(args.set))
+    with launch.torchrun_process_group(config.device):
+        trainer = GEDITrainer(config, out)
+        if state is not None:
+            trainer.load_state_dict(state)
+        trainer.train(progress=sys.stderr.isatty())
+        if trainer.rank != 0:
+            return 0
     scores = trainer.evaluate()
     path = trainer.write_metrics(scores)
     pictures = plot_run(trainer)
@@ -66,7 +75,7 @@ def triad_command(args: argparse.Namespace) -> int:
     from gedi_fast import triad
 
     base = TrainConfig(**_overrides(args.set))
-    results = triad.run(args.datasets, range(args.seeds), args.steps, args.out, base)
+    results = triad.run(args.datasets, range(args.seeds), args.steps, args.out, base, jobs=args.jobs)
     table = triad.markdown_table(results, args.datasets)
     command = " ".join(["gedi-fast", *sys.argv[1:]]) if args.argv is None else " ".join(["gedi-fast", *args.argv])
     report = pathlib.Path(args.report)
@@ -80,7 +89,8 @@ def triad_command(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="gedi-fast", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("train", help="train GEDI on a dataset and write DIR/metrics.json")
+    run = commands.add_parser("train", help="train GEDI on a dataset and write DIR/metrics.json "
+                              "(under torchrun: DDP, one rank per process)")
     run.add_argument("--dataset", choices=sorted(LOADERS), default="moons")
     run.add_argument("--out", required=True, help="run folder (checkpoint, metrics.json)")
     run.add_argument("--steps", type=int, help="training steps (default: TrainConfig.steps)")
@@ -99,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     triad.add_argument("--steps", type=int, help="training steps per run (default: TrainConfig.steps)")
     triad.add_argument("--out", default="runs/triad", help="folder for the runs")
     triad.add_argument("--report", default="docs/RESULTS.md", help="where the Markdown table goes")
+    triad.add_argument("--jobs", type=int, default=1, help="runs trained at once, one CPU thread each")
     triad.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig field for every run")
     triad.set_defaults(handler=triad_command)
     return root
@@ -107,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = argv
+    if args.command != "train" and launch.torchrun_world_size() > 1:
+        print(f"gedi-fast: error: only train runs under torchrun; run {args.command} as one process", file=sys.stderr)
+        return 2
     try:
         return args.handler(args)
     except (DatasetUnavailable, FileNotFoundError, ValueError, TypeError) as err:

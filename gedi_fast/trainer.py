@@ -1,5 +1,10 @@
 """GEDITrainer: two augmented views per batch, SGLD negatives, GEDILoss, Adam, logging, evaluation on
-held-out data, a failure-mode monitor for the paper's triad, and checkpoints that resume exactly."""
+held-out data, a failure-mode monitor for the paper's triad, and checkpoints that resume exactly.
+
+Under torch.distributed (DDP, e.g. torchrun) every rank trains its own slice of the global batch, runs
+SGLD on its own replay buffer and noise stream, and the loss and gradients are those of one process
+on the global batch; rank 0 alone shows progress and writes checkpoints.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +15,11 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from gedi_fast import checkpoint, metrics
+from gedi_fast import checkpoint, launch, metrics
 from gedi_fast.augment import augment_images, jitter, rotate_and_jitter
 from gedi_fast.data import Dataset, load_dataset
 from gedi_fast.loss import GEDILoss
@@ -32,6 +39,9 @@ class TrainConfig:
     Langevin steps on vectors (JEM's step 1.0 / noise 0.01 are for images in [-1, 1]). None means
     "the dataset's choice": `augmentation` and `view_noise` come from the dataset, the SGLD step and
     noise from the kind of data.
+
+    Under DDP, `batch_size` and `buffer_size` are per rank: the global batch is world size x batch_size
+    and each rank keeps its own replay buffer. `device` "cuda" means each rank's own GPU.
     """
 
     dataset: str = "moons"
@@ -83,15 +93,23 @@ class TrainConfig:
 # Langevin step and noise per kind of data when the config leaves them None.
 SGLD_DEFAULTS = {"vector": (0.01, 0.1), "image": (1.0, 0.01)}
 AUGMENTATIONS = ("jitter", "rotation", "image")
+# Rank r's SGLD seed is seed + r * this (mod 2**63): odd, so distinct ranks never share a Philox key.
+RANK_SEED_STRIDE = 0x9E3779B97F4A7C15
 
 
 class GEDITrainer:
-    """Owns the loop; `train()` runs to config.steps (or `until`), `evaluate()` scores the test split."""
+    """Owns the loop; `train()` runs to config.steps (or `until`), `evaluate()` scores the test split.
+
+    Built inside an initialised process group of several ranks, it trains with DDP: every rank must
+    build it, call train() and save() alike. `model` is always the plain module (SGLD, evaluation and
+    checkpoints use it); `ddp` is its DistributedDataParallel wrapper for the training forward, or None.
+    """
 
     def __init__(self, config: TrainConfig, out: str | pathlib.Path, dataset: Dataset | None = None) -> None:
         self.config = config
         self.out = pathlib.Path(out)
-        self.device = torch.device(config.device)
+        self.rank, self.world_size = launch.rank_and_world_size()
+        self.device = launch.rank_device(config.device)
         self.dataset = dataset if dataset is not None else load_dataset(config.dataset, config.data_root, config.seed)
         self.clusters = config.clusters or self.dataset.num_classes
         torch.manual_seed(config.seed)
@@ -113,7 +131,13 @@ class GEDITrainer:
             step_size = step_size if config.sgld_step_size is None else config.sgld_step_size
             noise = noise if config.sgld_noise is None else config.sgld_noise
             sgld = SGLDConfig(config.sgld_steps, step_size, noise, config.buffer_size, config.reinit_prob, low, high)
-            self.sampler = SGLDSampler(self.dataset.input_shape, sgld, config.temperature, config.seed, self.device)
+            seed = (config.seed + self.rank * RANK_SEED_STRIDE) % 2**63
+            self.sampler = SGLDSampler(self.dataset.input_shape, sgld, config.temperature, seed, self.device)
+        self.ddp = None
+        if self.world_size > 1:
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        # The same stream on every rank: each draws the global batch and keeps its own slice.
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.step = 0
         self.history: list[dict] = []
@@ -129,14 +153,23 @@ class GEDITrainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     def train_step(self) -> dict[str, torch.Tensor]:
-        indices = torch.randint(0, len(self.train_x), (self.config.batch_size,), generator=self.generator,
+        """One step on this rank's rows of the global batch, so W ranks step like one process on W x batch_size.
+
+        The views of the whole global batch come from the shared stream and each rank keeps its slice;
+        views and SGLD samples then go through the network in one forward, as DDP expects.
+        """
+        rows = self.config.batch_size
+        indices = torch.randint(0, len(self.train_x), (self.world_size * rows,), generator=self.generator,
                                 device=self.device)
-        view1, view2 = self.views(self.train_x[indices], self.generator)
+        mine = slice(self.rank * rows, (self.rank + 1) * rows)
+        view1, view2 = (view[mine] for view in self.views(self.train_x[indices], self.generator))
         with self.autocast():
-            samples = self.sampler.sample(self.model, self.config.batch_size) if self.sampler is not None else None
+            samples = self.sampler.sample(self.model, rows) if self.sampler is not None else None
             self.model.train()
-            z1, z2 = self.model(view1), self.model(view2)
-            zn = self.model(samples) if samples is not None else None
+            network = self.model if self.ddp is None else self.ddp
+            logits = network(torch.cat([view1, view2] + ([] if samples is None else [samples])))
+        z1, z2 = logits[:rows], logits[rows:2 * rows]
+        zn = logits[2 * rows:] if samples is not None else None
         loss, terms = self.loss_fn(z1, z2, zn, return_terms=True)
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,18 +180,22 @@ class GEDITrainer:
     def train(self, until: int | None = None, progress: bool = False) -> list[dict]:
         """Train to step `until` (default config.steps), logging and checkpointing on the way.
 
-        progress=True shows a tqdm bar (the CLI asks for one only on a terminal).
+        progress=True shows a tqdm bar (the CLI asks for one only on a terminal), on rank 0 only. Under
+        DDP every rank calls it with the same `until`. Logged terms are global (the loss is), and
+        samples_per_s counts the global batch.
         """
         until = self.config.steps if until is None else until
         started, first = time.perf_counter(), self.step
-        bar = tqdm(total=until, initial=self.step, desc=self.config.dataset, disable=not progress, leave=False)
+        bar = tqdm(total=until, initial=self.step, desc=self.config.dataset, disable=not progress or self.rank != 0,
+                   leave=False)
         while self.step < until:
             values = self.train_step()
             bar.update(1)
             if self.step % self.config.log_every == 0 or self.step == until:
                 record = {"step": self.step, **{k: v.item() for k, v in values.items()}}
                 record["energy_gap"] = record["energy_neg"] - record["energy_data"] if self.sampler else math.nan
-                record["samples_per_s"] = (self.step - first) * self.config.batch_size / (time.perf_counter() - started)
+                seen = (self.step - first) * self.world_size * self.config.batch_size
+                record["samples_per_s"] = seen / (time.perf_counter() - started)
                 self.history.append(record)
                 if not math.isfinite(record["loss"]):
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {record}")
@@ -169,7 +206,11 @@ class GEDITrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Scores on the test split plus the failure-mode monitor (representation, clusters, permutations)."""
+        """Scores on the test split plus the failure-mode monitor (representation, clusters, permutations).
+
+        The whole test split on the plain module, with no collective: under DDP any rank may call it
+        alone (the CLI: rank 0), and every rank would get the same scores.
+        """
         self.model.eval()
         x = self.dataset.test_x.to(self.device)
         features = self.model.features(x)
@@ -192,32 +233,63 @@ class GEDITrainer:
         }
 
     def state_dict(self) -> dict:
+        """The run's state. "samplers" holds every rank's replay buffer and stream (None without SGLD).
+
+        Under DDP it is a collective (every rank calls it) and "samplers" is complete on rank 0 only;
+        model, optimiser and the data stream are the same on every rank.
+        """
         return {
             "config": dataclasses.asdict(self.config),
             "step": self.step,
             "model": self.model.state_dict(),
             "optimiser": self.optimiser.state_dict(),
-            "sampler": None if self.sampler is None else self.sampler.state_dict(),
+            "samplers": self._sampler_states(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
         }
 
+    def _sampler_states(self) -> list[dict] | None:
+        if self.sampler is None:
+            return None
+        if self.world_size == 1:
+            return [self.sampler.state_dict()]
+        own = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in self.sampler.state_dict().items()}
+        states = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(own, states, dst=0)
+        return states
+
     def save(self) -> pathlib.Path:
-        return checkpoint.save_atomic(self.state_dict(), self.out / CHECKPOINT_NAME)
+        """Write the checkpoint (atomically). Under DDP every rank calls it: rank 0 writes while the
+        others wait at a barrier, so none runs ahead of a checkpoint being written."""
+        state, path = self.state_dict(), self.out / CHECKPOINT_NAME
+        if self.rank == 0:
+            checkpoint.save_atomic(state, path)
+        if self.world_size > 1:
+            dist.barrier()
+        return path
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state`; under DDP every rank loads the same checkpoint.
+
+        Rank r takes the r-th saved sampler state, so resuming on the same number of ranks is exact;
+        ranks beyond the saved ones keep the fresh buffer of their own seed.
+        """
+        self.model.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        samplers = state["samplers"]
+        if self.sampler is not None and self.rank < len(samplers):
+            self.sampler.load_state_dict(samplers[self.rank])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.history = state["step"], state["history"]
 
     @classmethod
     def resume(cls, out: str | pathlib.Path, dataset: Dataset | None = None) -> "GEDITrainer":
         """A trainer continuing exactly where the checkpoint in `out` stopped."""
         state = checkpoint.load(pathlib.Path(out) / CHECKPOINT_NAME)
         trainer = cls(TrainConfig(**state["config"]), out, dataset)
-        trainer.model.load_state_dict(state["model"])
-        trainer.optimiser.load_state_dict(state["optimiser"])
-        if trainer.sampler is not None:
-            trainer.sampler.load_state_dict(state["sampler"])
-        trainer.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        trainer.step, trainer.history = state["step"], state["history"]
+        trainer.load_state_dict(state)
         return trainer
 
     def write_metrics(self, scores: dict[str, float]) -> pathlib.Path:

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import pathlib
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+import torch
 from sklearn.cluster import KMeans
 
 from gedi_fast import metrics
 from gedi_fast.data import load_dataset
 from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.validation import require_int
 
 # Each variant: its TrainConfig overrides on top of the defaults.
 VARIANTS: dict[str, dict] = {
@@ -31,23 +35,49 @@ def kmeans_scores(dataset: str, seed: int) -> dict[str, float]:
             **metrics.cluster_usage(predicted, ds.num_classes)}
 
 
+def train_one(config: TrainConfig, folder: pathlib.Path, threads: int | None = None) -> dict[str, float]:
+    """One run's held-out scores; `threads` caps torch's intra-op threads (one per worker process)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    trainer = GEDITrainer(config, folder)
+    trainer.train()
+    return trainer.evaluate()
+
+
 def run(datasets=DATASETS, seeds=range(5), steps: int | None = None, out: str | pathlib.Path = "runs/triad",
-        base: TrainConfig | None = None, log=print) -> dict[tuple[str, str], list[dict]]:
-    """{(variant, dataset): [scores per seed]} for every GEDI variant and k-means."""
+        base: TrainConfig | None = None, log=print, jobs: int = 1) -> dict[tuple[str, str], list[dict]]:
+    """{(variant, dataset): [scores per seed]} for every GEDI variant and k-means.
+
+    jobs > 1 trains that many runs at once in worker processes of one thread each; every run is
+    seeded on its own, so jobs changes the scores only by the last bits a different thread count
+    can move.
+    """
     base = base or TrainConfig()
-    results: dict[tuple[str, str], list[dict]] = {}
+    jobs = require_int(jobs, "jobs", minimum=1)
+    runs = []
     for dataset in datasets:
         for variant, overrides in VARIANTS.items():
             for seed in seeds:
                 config = dataclasses.replace(base, dataset=dataset, seed=seed, **overrides,
                                              **({"steps": steps} if steps else {}))
                 folder = pathlib.Path(out) / dataset / variant.replace(" ", "_").replace(",", "") / f"seed{seed}"
-                trainer = GEDITrainer(config, folder)
-                trainer.train()
-                scores = trainer.evaluate()
-                results.setdefault((variant, dataset), []).append(scores)
-                log(f"{dataset} | {variant} | seed {seed}: nmi={scores['nmi']:.3f} acc={scores['acc']:.3f} "
-                    f"largest cluster={scores['largest_cluster_share']:.2f}")
+                runs.append((variant, config, folder))
+    results: dict[tuple[str, str], list[dict]] = {}
+
+    def record(variant: str, config: TrainConfig, scores: dict) -> None:
+        results.setdefault((variant, config.dataset), []).append(scores)
+        log(f"{config.dataset} | {variant} | seed {config.seed}: nmi={scores['nmi']:.3f} acc={scores['acc']:.3f} "
+            f"largest cluster={scores['largest_cluster_share']:.2f}")
+
+    if jobs == 1:
+        for variant, config, folder in runs:
+            record(variant, config, train_one(config, folder))
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(train_one, config, folder, 1) for _, config, folder in runs]
+            for (variant, config, _), future in zip(runs, futures):
+                record(variant, config, future.result())
+    for dataset in datasets:
         for seed in seeds:
             results.setdefault(("k-means", dataset), []).append(kmeans_scores(dataset, seed))
     return results

@@ -69,3 +69,17 @@ def test_triad_writes_a_table_with_every_variant_and_kmeans(tmp_path, capsys):
     for row in ("GEDI (full)", "without gen", "without inv", "without prior", "GEDI, Sinkhorn targets", "k-means"):
         assert f"| {row}" in text
     assert text.count("+-") == 12  # NMI and ACC for each of the six rows
+
+
+def test_triad_scores_do_not_depend_on_parallel_jobs(tmp_path):
+    from gedi_fast import triad
+    from gedi_fast.trainer import TrainConfig
+
+    base = TrainConfig(batch_size=32, hidden=32, sgld_steps=2, buffer_size=64, log_every=5)
+    serial = triad.run(["blobs"], range(2), 4, tmp_path / "a", base, log=lambda _: None)
+    parallel = triad.run(["blobs"], range(2), 4, tmp_path / "b", base, log=lambda _: None, jobs=2)
+    assert serial.keys() == parallel.keys()
+    for key in serial:
+        for a, b in zip(serial[key], parallel[key]):
+            assert a["nmi"] == pytest.approx(b["nmi"], abs=1e-9), key
+            assert a.get("feature_variance") == pytest.approx(b.get("feature_variance"), rel=1e-5), key

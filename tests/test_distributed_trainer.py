@@ -1,0 +1,147 @@
+"""The trainer under DDP: two gloo ranks on CPU step like one process on the doubled batch, keep their
+own replay buffers and noise, and resume exactly; `gedi-fast train` runs under torchrun.
+
+One spawned pair of ranks runs every in-process case (one start-up for the module); the parent runs
+the single-process references and compares.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from gedi_fast import checkpoint
+from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+
+WORLD = 2
+# No sampler, so the only randomness is the shared data stream; the views keep their default jitter.
+NO_SGLD = dict(steps=4, batch_size=16, hidden=32, gen_weight=0.0, energy_reg=0.0, log_every=1, checkpoint_every=100)
+WITH_SGLD = dict(steps=6, batch_size=16, hidden=32, sgld_steps=2, buffer_size=64, log_every=2, checkpoint_every=100)
+TERMS = ("loss", "inv", "prior", "cluster_entropy")
+
+
+def _rank_main(rank: int, store_path: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    store = dist.FileStore(store_path, WORLD)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    try:
+        out = pathlib.Path(out_dir)
+        ddp = GEDITrainer(TrainConfig(**NO_SGLD), out / "ddp")
+        ddp.train()
+        result = {"ddp": {"model": ddp.model.state_dict(), "history": ddp.history, "scores": ddp.evaluate(),
+                          "wrapped": ddp.ddp is not None}}
+        straight = GEDITrainer(TrainConfig(**WITH_SGLD), out / "straight")
+        straight.train()
+        broken = GEDITrainer(TrainConfig(**WITH_SGLD), out / "broken")
+        broken.train(until=3)
+        resumed = GEDITrainer.resume(out / "broken")
+        resumed.train()
+        result["resume"] = {name: (t.model.state_dict(), t.sampler.buffer.clone(), t.sampler.seed)
+                            for name, t in (("straight", straight), ("resumed", resumed))}
+        torch.save(result, out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, list[dict]]:
+    """(the ranks' shared run folder, what each rank returned)."""
+    tmp = tmp_path_factory.mktemp("ddp_trainer")
+    mp.spawn(_rank_main, args=(str(tmp / "store"), str(tmp)), nprocs=WORLD, join=True)
+    return tmp, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def test_ddp_steps_equal_one_process_on_the_doubled_batch(run, tmp_path):
+    single = GEDITrainer(TrainConfig(**NO_SGLD | dict(batch_size=WORLD * NO_SGLD["batch_size"])), tmp_path)
+    single.train()
+    ranks = [got["ddp"] for got in run[1]]
+    assert all(got["wrapped"] for got in ranks)
+    for got in ranks:
+        for (name, want), have in zip(single.model.state_dict().items(), got["model"].values()):
+            torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5, msg=name)
+        assert len(got["history"]) == len(single.history) == NO_SGLD["steps"]
+        for want, have in zip(single.history, got["history"]):
+            assert have["step"] == want["step"]
+            for term in TERMS:
+                assert have[term] == pytest.approx(want[term], rel=1e-5, abs=1e-6), (want["step"], term)
+    for a, b in zip(ranks[0]["model"].values(), ranks[1]["model"].values()):
+        assert torch.equal(a, b)  # DDP keeps the replicas identical
+    assert ranks[0]["scores"] == ranks[1]["scores"]  # evaluation: the full test split, no collective
+
+
+def test_resume_under_ddp_is_exact_per_rank(run):
+    folder, ranks = run
+    saved = checkpoint.load(folder / "broken" / CHECKPOINT_NAME)
+    assert saved["step"] == WITH_SGLD["steps"] and len(saved["samplers"]) == WORLD
+    for rank, got in enumerate(ranks):
+        (straight, straight_buffer, _), (resumed, resumed_buffer, _) = got["resume"]["straight"], got["resume"]["resumed"]
+        for name in straight:
+            assert torch.equal(straight[name], resumed[name]), (rank, name)
+        assert torch.equal(straight_buffer, resumed_buffer), rank
+        assert torch.equal(saved["samplers"][rank]["buffer"], resumed_buffer), rank
+
+
+def test_every_rank_has_its_own_replay_buffer_and_noise(run):
+    (_, buffer0, seed0), (_, buffer1, seed1) = (got["resume"]["straight"] for got in run[1])
+    assert seed0 == TrainConfig(**WITH_SGLD).seed and seed1 != seed0  # rank 0 keeps the run's seed
+    assert not torch.equal(buffer0, buffer1)
+
+
+def test_world_size_one_equals_no_process_group(tmp_path):
+    config = TrainConfig(**WITH_SGLD)
+    alone = GEDITrainer(config, tmp_path / "alone")
+    alone.train()
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        grouped = GEDITrainer(config, tmp_path / "grouped")
+        grouped.train()
+    finally:
+        dist.destroy_process_group()
+    assert grouped.ddp is None
+    for (name, a), b in zip(alone.model.state_dict().items(), grouped.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(alone.sampler.buffer, grouped.sampler.buffer)
+    assert [h["loss"] for h in alone.history] == [h["loss"] for h in grouped.history]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_runs_the_train_command(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "gedi_fast", "train", "--dataset", "moons", "--out", str(out),
+               "--steps", "10", "--set", "hidden=32", "--set", "batch_size=32", "--set", "sgld_steps=2",
+               "--set", "buffer_size=64"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("moons: nmi=") == 1  # rank 0 alone reports
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 10
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no checkpoint left half-written
+    state = checkpoint.load(out / CHECKPOINT_NAME)
+    assert state["step"] == 10 and len(state["samplers"]) == WORLD
+    assert GEDITrainer.resume(out).step == 10
+
+
+def test_only_train_runs_under_torchrun(monkeypatch, capsys):
+    from gedi_fast.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(["eval", "--out", "nowhere"]) == 2
+    assert "only train runs under torchrun" in capsys.readouterr().err
