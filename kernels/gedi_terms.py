@@ -448,8 +448,11 @@ class _Plan:
         )
 
 
-def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
+def _contiguous(t: torch.Tensor) -> torch.Tensor:
+    """Fully contiguous, not only unit column stride: the kernels read z1 and z2 with one row stride
+    (z1's) and write the gradients, allocated contiguous, with it too; a row slice of a wider matrix
+    or an expanded tensor would be read wrongly and its gradient written out of bounds."""
+    return t.contiguous()
 
 
 def _identity(kernel):
@@ -464,7 +467,7 @@ def _forward(
 
     columns holds, per cluster, the max over the 2B view rows of log q and the log-sum of exp(log q - max).
     """
-    z1, z2 = _rows_contiguous(z1), _rows_contiguous(z2)
+    z1, z2 = _contiguous(z1), _contiguous(z2)
     batch, clusters = z1.shape
     samples = 0 if zn is None else zn.shape[0]
     sinkhorn = t1 is not None
@@ -476,9 +479,9 @@ def _forward(
     part_sum = torch.empty(plan.view_programs, clusters, **f32)
     columns = torch.empty(2, clusters, **f32)
     terms = torch.empty(N_TERMS, **f32)
-    zn = z1 if zn is None else _rows_contiguous(zn)
-    t1 = _rows_contiguous(t1) if sinkhorn else z1
-    t2 = _rows_contiguous(t2) if sinkhorn else z1
+    zn = z1 if zn is None else _contiguous(zn)
+    t1 = _contiguous(t1) if sinkhorn else z1
+    t2 = _contiguous(t2) if sinkhorn else z1
     wrap(_fwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
         z1, z2, zn, t1, t2, stats, lse_n if samples else stats, part_max, part_sum,
         batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
@@ -511,18 +514,18 @@ def _backward(
     counts: float32 [view rows, max(sample rows, 1)] over all ranks, with `columns` over all ranks;
     None for this batch alone.
     """
-    z1, z2 = _rows_contiguous(z1), _rows_contiguous(z2)
+    z1, z2 = _contiguous(z1), _contiguous(z2)
     batch, clusters = z1.shape
     samples = 0 if zn is None else zn.shape[0]
     sinkhorn = t1 is not None
     plan = _Plan.make(batch, samples, clusters)
     dz1, dz2 = torch.empty_like(z1), torch.empty_like(z2)
-    dzn = z1.new_empty(0, clusters) if zn is None else torch.empty_like(_rows_contiguous(zn))
-    zn_arg = z1 if zn is None else _rows_contiguous(zn)
+    dzn = z1.new_empty(0, clusters) if zn is None else torch.empty_like(_contiguous(zn))
+    zn_arg = z1 if zn is None else _contiguous(zn)
     dzn_arg = dz1 if zn is None else dzn
     lse_arg = stats if zn is None else lse_n
-    t1 = _rows_contiguous(t1) if sinkhorn else z1
-    t2 = _rows_contiguous(t2) if sinkhorn else z1
+    t1 = _contiguous(t1) if sinkhorn else z1
+    t2 = _contiguous(t2) if sinkhorn else z1
     wrap(_bwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
         z1, z2, zn_arg, t1, t2, stats, lse_arg, columns, grad_terms.contiguous(),
         grad_terms if counts is None else counts, dz1, dz2, dzn_arg,

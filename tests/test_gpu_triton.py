@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tolerances import EDGE_SINKHORN_ATOL, assert_matches_float64
 
 from gedi_fast import GEDILoss, reference, sinkhorn_knopp
 
@@ -67,6 +68,41 @@ def test_gedi_terms_huge_logits_bf16_finite():
     loss, terms, grads = run(GEDILoss(temperature=0.05, assignment="sinkhorn", sinkhorn_eps=0.01, backend="triton"),
                              z1.bfloat16(), z2.bfloat16(), zn.bfloat16())
     assert torch.isfinite(loss) and all(torch.isfinite(g.float()).all() for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("batch,clusters,samples", [(256, 10, 64), (64, 1000, 16), (7, 3, 0)])
+def test_huge_low_precision_logits_match_float64(dtype, assignment, batch, clusters, samples):
+    # The edge of tests/tolerances.py; bf16 runs only here (the interpreter has no bf16).
+    gen = torch.Generator(device="cuda").manual_seed(batch + clusters)
+    inputs = [((torch.rand(n, clusters, device="cuda", generator=gen) * 2 - 1) * 1e4).to(dtype)
+              for n in (batch, batch, samples) if n]
+    assert_matches_float64("triton", inputs, edge=True, assignment=assignment, energy_reg=0.01, temperature=0.05,
+                           sinkhorn_eps=0.01)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sinkhorn_huge_low_precision_scores_match_float64(dtype):
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    scores = ((torch.rand(512, 1000, device="cuda", generator=gen) * 2 - 1) * 1e4).to(dtype)
+    q = sinkhorn_knopp(scores, 0.01, 3)
+    assert torch.isfinite(q).all()
+    assert (q.double() - reference.sinkhorn_knopp(scores.double(), 0.01, 3)).abs().max().item() <= EDGE_SINKHORN_ATOL
+
+
+def test_row_sliced_and_expanded_logits_equal_contiguous():
+    wide = torch.randn(300, 140, device="cuda")
+    z2 = torch.randn(300, 100, device="cuda")
+    for z1 in (wide[:, 3:103], torch.randn(1, 100, device="cuda").expand(300, 100)):
+        results = []
+        for view in (z1, z1.contiguous()):
+            leaves = [view.detach().requires_grad_(True), z2.detach().clone().requires_grad_(True)]
+            loss = GEDILoss(backend="triton")(*leaves)  # detach keeps the strides (clone would not)
+            loss.backward()
+            results.append((loss.detach(), [t.grad for t in leaves]))
+        (loss, grads), (want_loss, want_grads) = results
+        assert torch.equal(loss, want_loss) and all(torch.equal(a, b) for a, b in zip(grads, want_grads))
 
 
 def test_gedi_loss_is_deterministic():
