@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import os
 import pathlib
+import platform
 import sys
+import time
+
+import torch
 
 from gedi_fast import checkpoint, launch
 from gedi_fast.data import LOADERS, DatasetUnavailable
@@ -26,6 +32,11 @@ def _overrides(pairs: list[str]) -> dict:
         if "None" in annotation and text.lower() == "none":
             result[key] = None
             continue
+        if annotation == "bool":
+            if text.lower() not in ("true", "false"):
+                raise SystemExit(f"--set {key} expects true or false, got {text!r}")
+            result[key] = text.lower() == "true"
+            continue
         kind = next((k for k in (int, float) if annotation.startswith(k.__name__)), str)
         try:
             result[key] = kind(text)
@@ -41,7 +52,7 @@ def _summary(scores: dict) -> str:
 def train(args: argparse.Namespace) -> int:
     """One process, or under torchrun one rank of a DDP run; rank 0 alone evaluates, plots and prints."""
     out = pathlib.Path(args.out)
-    state = checkpoint.load(out / CHECKPOINT_NAME) if args.resume else None
+    state = checkpoint.load_latest(out / CHECKPOINT_NAME) if args.resume else None
     if state is not None:
         config = TrainConfig(**state["config"])
     else:
@@ -75,12 +86,16 @@ def triad_command(args: argparse.Namespace) -> int:
     from gedi_fast import triad
 
     base = TrainConfig(**_overrides(args.set))
+    started = time.perf_counter()
     results = triad.run(args.datasets, range(args.seeds), args.steps, args.out, base, jobs=args.jobs)
+    minutes = (time.perf_counter() - started) / 60
     table = triad.markdown_table(results, args.datasets)
     command = " ".join(["gedi-fast", *sys.argv[1:]]) if args.argv is None else " ".join(["gedi-fast", *args.argv])
     report = pathlib.Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(f"# The failure-mode triad on our data\n\nCommand: `{command}`\n\n{table}\n")
+    where = (f"{datetime.date.today()}, {platform.processor() or platform.machine()} with {os.cpu_count()} CPUs, "
+             f"Python {platform.python_version()}, torch {torch.__version__}; {minutes:.0f} min wall")
+    report.write_text(f"# The failure-mode triad on our data\n\nCommand: `{command}`\n\nRun: {where}.\n\n{table}\n")
     print(table)
     print(f"table: {report}")
     return 0
@@ -123,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (DatasetUnavailable, FileNotFoundError, ValueError, TypeError) as err:
+    except (DatasetUnavailable, OSError, ValueError, TypeError) as err:
         print(f"gedi-fast: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:
+        print(f"gedi-fast: training failed: {err}", file=sys.stderr)
+        return 1

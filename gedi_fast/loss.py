@@ -9,7 +9,14 @@ from gedi_fast import reference
 from gedi_fast.distributed import check_distributed, resolve
 from gedi_fast.ops.backend import BACKENDS, use_triton
 from gedi_fast.ops.sinkhorn import fused_sinkhorn_knopp
-from gedi_fast.validation import check_gedi_inputs, require_choice, require_int, require_real
+from gedi_fast.validation import (
+    check_gedi_inputs,
+    require_bool,
+    require_choice,
+    require_finite,
+    require_int,
+    require_real,
+)
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -36,6 +43,10 @@ class GEDILoss(torch.nn.Module):
     differ between ranks; pass zn on every rank or on none. Every rank must call the loss (the same
     number of times, with the same settings). Without an initialised process group, or with one rank,
     it is the single-process loss; distributed=False keeps each rank to its own batch.
+
+    Non-finite logits are not checked by default (a check costs a host sync): NaN or +inf anywhere in
+    z1, z2 or zn makes the loss NaN on both backends (a -inf logit is a cluster of probability 0).
+    check_finite=True raises a ValueError naming the input instead.
     """
 
     def __init__(
@@ -51,6 +62,7 @@ class GEDILoss(torch.nn.Module):
         backend: str = "auto",
         distributed: bool | str = "auto",
         process_group: ProcessGroup | None = None,
+        check_finite: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = require_real(temperature, "temperature", positive=True)
@@ -66,6 +78,7 @@ class GEDILoss(torch.nn.Module):
         self.backend = require_choice(backend, "backend", BACKENDS)
         self.distributed = check_distributed(distributed, process_group)
         self.process_group = process_group
+        self.check_finite = require_bool(check_finite, "check_finite")
 
     def forward(
         self,
@@ -75,6 +88,10 @@ class GEDILoss(torch.nn.Module):
         return_terms: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         check_gedi_inputs(z1, z2, zn)
+        if self.check_finite:
+            for name, z in (("z1", z1), ("z2", z2), ("zn", zn)):
+                if z is not None:
+                    require_finite(z, name)
         ranks = resolve(self.distributed, self.process_group)
         if use_triton(self.backend, z1):
             loss, terms = self._fused(z1, z2, zn, ranks)

@@ -55,11 +55,15 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
         ax.set_title("SGLD samples")
         written.append(_save(fig, folder / "samples.png"))
 
-    if trainer.history:
+    records = [h for h in trainer.history if "event" not in h]  # events (rollbacks) carry no terms
+    if records:
         fig, ax = plt.subplots(figsize=(6, 4))
-        steps = [h["step"] for h in trainer.history]
+        steps = [h["step"] for h in records]
         for name in TERMS:
-            ax.plot(steps, [h[name] for h in trainer.history], label=name)
+            ax.plot(steps, [h[name] for h in records], label=name)
+        for event in trainer.history:
+            if event.get("event") == "rollback":
+                ax.axvline(event["diverged_at"], color="red", linewidth=0.8, linestyle=":")
         ax.set_yscale("symlog")
         ax.set_xlabel("step")
         ax.legend(loc="best")

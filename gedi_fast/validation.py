@@ -27,6 +27,26 @@ def require_same_device(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name:
         raise ValueError(f"{name} must be on {ref_name}'s device {ref.device}, got {t.device}")
 
 
+def require_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def require_finite(t: torch.Tensor, name: str) -> None:
+    """Raises when t holds NaN or inf: the opt-in check_finite of the public ops (one host sync)."""
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got NaN or inf values (check_finite=True)")
+
+
+def require_no_overlap(t: torch.Tensor, name: str) -> None:
+    """An in-place result needs one memory location per element: an expanded tensor (stride 0) shares them."""
+    if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
+        raise ValueError(f"{name} must not be an expanded tensor (a dimension of size > 1 with stride 0 makes "
+                         f"elements share memory; pass {name}.clone()), got shape {tuple(t.shape)} with strides "
+                         f"{t.stride()}")
+
+
 def require_real(value: object, name: str, *, positive: bool = False, non_negative: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")

@@ -83,3 +83,11 @@ def test_triad_scores_do_not_depend_on_parallel_jobs(tmp_path):
         for a, b in zip(serial[key], parallel[key]):
             assert a["nmi"] == pytest.approx(b["nmi"], abs=1e-9), key
             assert a.get("feature_variance") == pytest.approx(b.get("feature_variance"), rel=1e-5), key
+
+
+def test_set_takes_booleans():
+    from gedi_fast.cli import _overrides
+
+    assert _overrides(["tf32=false", "cuda_graph=True"]) == {"tf32": False, "cuda_graph": True}
+    with pytest.raises(SystemExit, match="--set tf32 expects true or false, got '1'"):
+        _overrides(["tf32=1"])

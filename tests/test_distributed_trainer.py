@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import pathlib
 import socket
@@ -39,6 +40,11 @@ def _rank_main(rank: int, store_path: str, out_dir: str) -> None:
         ddp.train()
         result = {"ddp": {"model": ddp.model.state_dict(), "history": ddp.history, "scores": ddp.evaluate(),
                           "wrapped": ddp.ddp is not None}}
+        faulty = GEDITrainer(TrainConfig(**NO_SGLD), out / "faulty")
+        if rank == 0:
+            _break_parameters_once(faulty, at_step=3)
+        faulty.train()
+        result["rollback"] = {"model": faulty.model.state_dict(), "events": [h for h in faulty.history if "event" in h]}
         straight = GEDITrainer(TrainConfig(**WITH_SGLD), out / "straight")
         straight.train()
         broken = GEDITrainer(TrainConfig(**WITH_SGLD), out / "broken")
@@ -50,6 +56,20 @@ def _rank_main(rank: int, store_path: str, out_dir: str) -> None:
         torch.save(result, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _break_parameters_once(trainer: GEDITrainer, at_step: int) -> None:
+    """A fault on this rank alone: its weights turn NaN right after step `at_step`, before any rollback."""
+    step = trainer.train_step
+
+    def faulty_step():
+        values = step()
+        if trainer.step == at_step and not trainer.rollbacks:
+            with torch.no_grad():
+                next(trainer.model.parameters()).mul_(math.nan)
+        return values
+
+    trainer.train_step = faulty_step
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +96,15 @@ def test_ddp_steps_equal_one_process_on_the_doubled_batch(run, tmp_path):
     for a, b in zip(ranks[0]["model"].values(), ranks[1]["model"].values()):
         assert torch.equal(a, b)  # DDP keeps the replicas identical
     assert ranks[0]["scores"] == ranks[1]["scores"]  # evaluation: the full test split, no collective
+
+
+def test_a_fault_on_one_rank_rolls_every_rank_back_alike(run):
+    ranks = [got["rollback"] for got in run[1]]
+    expected = [{"step": 2, "event": "rollback", "reason": "non-finite parameters", "retry": 1, "diverged_at": 3}]
+    assert ranks[0]["events"] == ranks[1]["events"] == expected
+    for got, clean in zip(ranks, (got["ddp"]["model"] for got in run[1])):
+        for name, value in got["model"].items():
+            assert torch.equal(value, clean[name]), name  # no sampler: the replay after the rollback is exact
 
 
 def test_resume_under_ddp_is_exact_per_rank(run):

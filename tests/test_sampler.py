@@ -1,11 +1,15 @@
-"""The persistent SGLD sampler: lowers energy, reproducible, restores state, leaves the model as found."""
+"""The persistent SGLD sampler: lowers energy, reproducible, restores state, leaves the model as found, and
+draws exactly the documented counter stream (the CPU lane of the graphed chain: tests/test_gpu_graphs.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from gedi_fast import SGLDConfig, SGLDSampler
+from gedi_fast import SGLDConfig, SGLDSampler, buffer_draw, sgld_step_
 from gedi_fast.models import MLPClusterer
+from gedi_fast.sampler import mix32
+
+MASK32 = 0xFFFFFFFF
 
 CENTRES = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
 
@@ -59,3 +63,90 @@ def test_buffer_is_written_back_and_model_mode_restored():
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SGLDConfig(**kwargs)
+
+
+def expected_indices(seed: int, calls: int, batch: int, buffer_size: int) -> torch.Tensor:
+    """The documented row draw, recomputed with Python ints: hash of (seed, calls, row) mod the buffer size."""
+    key = mix32(mix32(seed & MASK32) ^ mix32(seed >> 32))
+    key = mix32(mix32(key ^ (calls & MASK32)) ^ (calls >> 32))
+    return torch.tensor([mix32(mix32(row) ^ key) % buffer_size for row in range(batch)])
+
+
+@pytest.mark.parametrize("seed", [3, 2**40 + 5])
+def test_chain_is_the_counter_stream_with_integer_offsets(seed):
+    """Call c draws at Philox offset c * (steps + 1) and steps at that + 1 + step: the device counter gives
+    the same numbers as integer offsets (the stream before the counter moved to the device)."""
+    model = MLPClusterer(2, 3, hidden=16)
+    config = SGLDConfig(steps=3, step_size=0.1, noise_std=0.05, buffer_size=8, reinit_prob=0.3)
+    sampler = SGLDSampler((2,), config, seed=seed)
+    buffer = sampler.buffer.clone()
+    for calls in range(3):
+        indices = expected_indices(seed, calls, 16, config.buffer_size)
+        offset = calls * (config.steps + 1)
+        x, _ = buffer_draw(buffer, indices, config.reinit_prob, config.init_low, config.init_high, seed=seed,
+                           offset=offset)
+        for step in range(config.steps):
+            x.requires_grad_(True)
+            (grad,) = torch.autograd.grad(sampler.energy(model, x).sum(), x)
+            sgld_step_(x, grad, config.step_size, config.noise_std, seed=seed, offset=offset + 1 + step)
+        x = x.detach()
+        buffer[indices] = x  # on the CPU the last of repeated indices wins
+        assert torch.equal(sampler.sample(model, 16), x)
+        assert torch.equal(sampler.buffer, buffer) and sampler.calls == calls + 1
+
+
+def test_rows_are_drawn_uniformly_and_the_last_repeat_is_written_back():
+    sampler = SGLDSampler((1,), SGLDConfig(steps=0, buffer_size=64, reinit_prob=0.0), seed=5)
+    sampler.buffer.copy_(torch.arange(64.0)[:, None])  # each row holds its index
+    drawn = torch.cat([sampler.sample(torch.nn.Linear(1, 2), 256)[:, 0].long() for _ in range(100)])
+    counts = torch.bincount(drawn, minlength=64).double()
+    chi2 = ((counts - 400) ** 2 / 400).sum()
+    assert chi2 < 63 + 6 * (2 * 63) ** 0.5  # 63 degrees of freedom
+    fresh = SGLDSampler((1,), SGLDConfig(steps=0, buffer_size=4, reinit_prob=1.0), seed=6)
+    x = fresh.sample(torch.nn.Linear(1, 2), 32)  # every row re-initialised: repeats differ
+    indices = expected_indices(6, 0, 32, 4)
+    for row in range(4):
+        assert torch.equal(fresh.buffer[row], x[(indices == row).nonzero().max()])
+
+
+def test_state_round_trips_the_counter_and_reads_old_checkpoints():
+    model = MLPClusterer(2, 3, hidden=16)
+    sampler = SGLDSampler((2,), SGLDConfig(steps=2, buffer_size=32), seed=4)
+    sampler.sample(model, 8)
+    sampler.sample(model, 8)
+    state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in sampler.state_dict().items()}
+    assert state["calls"] == 2 and isinstance(state["calls"], int)
+    expected = sampler.sample(model, 8)
+    old = SGLDSampler((2,), SGLDConfig(steps=2, buffer_size=32), seed=0)
+    old.load_state_dict(state | {"generator": torch.Generator().get_state()})  # written before the counter
+    assert torch.equal(old.sample(model, 8), expected) and old.calls == 3
+    with pytest.raises(ValueError, match=r"state\['calls'\] must be >= 0"):
+        old.load_state_dict(state | {"calls": -1})
+    old.reseed(4)
+    assert old.calls == 0
+
+
+def test_sampling_works_under_no_grad():
+    sampler = SGLDSampler((2,), SGLDConfig(steps=2, buffer_size=16), seed=1)
+    with torch.no_grad():
+        x = sampler.sample(MLPClusterer(2, 3, hidden=8), 4)
+    assert x.shape == (4, 2) and sampler.calls == 1
+
+
+def test_graph_needs_cuda_and_auto_runs_eagerly_elsewhere():
+    assert not SGLDSampler((2,), SGLDConfig(buffer_size=4)).graphed  # "auto" on the CPU
+    with pytest.raises(ValueError, match="graph=True needs a CUDA device, got device cpu"):
+        SGLDSampler((2,), SGLDConfig(buffer_size=4), graph=True)
+    with pytest.raises(ValueError, match="graph must be 'auto', True or False"):
+        SGLDSampler((2,), SGLDConfig(buffer_size=4), graph="yes")
+
+
+def test_autocast_steps_take_the_gradient_at_the_current_samples():
+    """autocast's weight cache would keep x's first low-precision copy: every step's gradient at the first x."""
+    model = MLPClusterer(2, 3, hidden=16)
+    config = SGLDConfig(steps=4, step_size=0.5, noise_std=0.01, buffer_size=8)
+    cached, uncached = SGLDSampler((2,), config, seed=1), SGLDSampler((2,), config, seed=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = cached.sample(model, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        assert torch.equal(x, uncached.sample(model, 4))

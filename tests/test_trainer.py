@@ -52,7 +52,7 @@ def test_checkpoints_are_atomic_and_corruption_is_detected(tmp_path):
     assert torch.equal(checkpoint.load(path)["x"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
     path.write_bytes(path.read_bytes()[:20])
-    with pytest.raises(ValueError, match="unreadable or truncated"):
+    with pytest.raises(ValueError, match="is truncated"):
         checkpoint.load(path)
     with pytest.raises(FileNotFoundError, match="not found"):
         checkpoint.load(tmp_path / "missing.pt")
@@ -108,3 +108,28 @@ def test_bf16_autocast_trains_with_fp32_loss(tmp_path):
     values = trainer.train_step()
     assert values["loss"].dtype == torch.float32 and torch.isfinite(values["loss"])
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_the_chain_draws_sgld_samples_negatives_per_step(tmp_path):
+    trainer = GEDITrainer(TrainConfig(**SMALL | dict(sgld_samples=5)), tmp_path)
+    sizes = []
+    sample = trainer.sampler.sample
+    trainer.sampler.sample = lambda model, n: sizes.append(n) or sample(model, n)
+    trainer.train_step()
+    assert sizes == [5]
+
+
+def test_speed_switches_are_checked_and_leave_the_cpu_alone(tmp_path):
+    from gedi_fast.trainer import _tf32_switches
+
+    for name in ("cuda_graph", "tf32", "compile_step"):
+        with pytest.raises(TypeError, match=f"{name} must be True or False"):
+            TrainConfig(**{name: "yes"})
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with _tf32_switches(not flags[0]):
+        assert torch.backends.cuda.matmul.allow_tf32 == torch.backends.cudnn.allow_tf32 == (not flags[0])
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+    trainer = GEDITrainer(TrainConfig(**SMALL), tmp_path)
+    assert not trainer.sampler.graphed  # CUDA graphs on CUDA only: the CPU chain runs eagerly
+    trainer.train_step()
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags

@@ -14,8 +14,11 @@ import torch
 from gedi_fast import _extension  # noqa: F401  (registers torch.ops.gedi_fast)
 from gedi_fast.validation import (
     SAMPLE_DTYPES,
+    require_bool,
     require_dtype,
+    require_finite,
     require_int,
+    require_no_overlap,
     require_real,
     require_same_device,
     require_tensor,
@@ -74,11 +77,14 @@ def sgld_step_(
     seed: int = 0,
     offset: int | torch.Tensor = 0,
     clamp: float | tuple[float, float] | None = None,
+    check_finite: bool = False,
 ) -> torch.Tensor:
     """In place: x <- clamp(x - step_size * grad + noise_std * xi), xi ~ N(0, 1) from (seed, offset).
 
     One pass over memory, math in float32 for float32/float16/bfloat16 x. Runs without autograd
-    (like an optimiser step), so x may be a leaf that requires grad. Returns x.
+    (like an optimiser step), so x may be a leaf that requires grad. Returns x. Non-contiguous x and
+    grad are fine (x is updated through its view); an expanded x is refused (its elements share memory).
+    NaN and inf propagate (clamping keeps NaN); check_finite=True raises on them instead (a host sync).
     """
     x = require_tensor(x, "x")
     grad = require_tensor(grad, "grad")
@@ -88,6 +94,10 @@ def sgld_step_(
     if grad.shape != x.shape:
         raise ValueError(f"grad must have x's shape {tuple(x.shape)}, got {tuple(grad.shape)}")
     require_same_device(grad, "grad", x, "x")
+    require_no_overlap(x, "x")
+    if require_bool(check_finite, "check_finite"):
+        require_finite(x, "x")
+        require_finite(grad, "grad")
     step_size = require_real(step_size, "step_size")
     noise_std = require_real(noise_std, "noise_std", non_negative=True)
     seed, offset, device_offset = _counter_args(seed, offset, x, "x")
@@ -110,11 +120,14 @@ def buffer_draw(
     high: float = 1.0,
     seed: int = 0,
     offset: int | torch.Tensor = 0,
+    check_finite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """JEM's replay-buffer draw in one pass: (rows buffer[indices], bool mask of re-initialised rows).
 
     Each drawn row is replaced, with probability reinit_prob, by uniform noise in [low, high).
     Indices must lie in [0, len(buffer)); on CUDA an out-of-range index is a device-side assert.
+    Rows are copied as they are, NaN and inf included; check_finite=True raises on a non-finite
+    buffer instead (a host sync).
     """
     buffer = require_tensor(buffer, "buffer")
     indices = require_tensor(indices, "indices")
@@ -124,6 +137,8 @@ def buffer_draw(
     if indices.dtype != torch.int64 or indices.dim() != 1:
         raise TypeError(f"indices must be a 1-D int64 tensor, got {indices.dtype} of shape {tuple(indices.shape)}")
     require_same_device(indices, "indices", buffer, "buffer")
+    if require_bool(check_finite, "check_finite"):
+        require_finite(buffer, "buffer")
     reinit_prob = require_real(reinit_prob, "reinit_prob", non_negative=True)
     if reinit_prob > 1:
         raise ValueError(f"reinit_prob must lie in [0, 1], got {reinit_prob}")

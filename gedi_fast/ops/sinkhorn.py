@@ -8,7 +8,7 @@ import torch
 from gedi_fast import reference
 from gedi_fast.distributed import Ranks, check_distributed, resolve
 from gedi_fast.ops.backend import BACKENDS, use_triton
-from gedi_fast.validation import check_logits, require_choice, require_int, require_real
+from gedi_fast.validation import check_logits, require_bool, require_choice, require_finite, require_int, require_real
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -36,6 +36,7 @@ def sinkhorn_knopp(
     backend: str = "auto",
     distributed: bool | str = "auto",
     process_group: ProcessGroup | None = None,
+    check_finite: bool = False,
 ) -> torch.Tensor:
     """SwAV's balanced assignments of B samples to K clusters, without gradient.
 
@@ -47,8 +48,13 @@ def sinkhorn_knopp(
     (default: the default group) at each iteration and each rank gets its own samples' rows, those
     of one process on the concatenated batch. Every rank must call it. Without an initialised process
     group, or with one rank, it is the single-process result; False keeps each rank to its own batch.
+    Scores are not checked for NaN or +inf by default: they give NaN assignments (every row on the
+    reference, at least the affected entries on the Triton kernels, whose rows then need not sum to 1);
+    a -inf score is a weight of 0. check_finite=True raises a ValueError instead (one host sync).
     """
     scores = check_logits(scores, "scores")
+    if require_bool(check_finite, "check_finite"):
+        require_finite(scores, "scores")
     eps = require_real(eps, "eps", positive=True)
     iters = require_int(iters, "iters", minimum=1)
     backend = require_choice(backend, "backend", BACKENDS)

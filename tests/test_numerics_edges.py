@@ -1,0 +1,151 @@
+"""Numerics at the edges and property-based comparisons of every op with the reference on the CPU
+(the plain-torch backend and the C++ SGLD kernels); the stated tolerances are in tests/tolerances.py.
+
+Edge: fp16/bf16 logits up to +-1e4 with temperature 0.05 and Sinkhorn eps 0.01 give finite losses
+and gradients within the edge tolerances of the float64 reference. Properties: hypothesis draws shapes,
+dtypes and value scales (1e-2 to 1e4), deterministically (derandomize), and compares every op.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tolerances import EDGE_SINKHORN_ATOL, OUTPUT_ROUNDING, U, assert_matches_float64, sinkhorn_tolerance
+
+from gedi_fast import GEDILoss, buffer_draw, reference, sgld_step_, sinkhorn_knopp
+
+EDGE = dict(temperature=0.05, sinkhorn_eps=0.01)
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+PROPERTY = settings(deadline=None, max_examples=40, derandomize=True)
+
+
+def uniform(gen: torch.Generator, rows: int, cols: int, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    return ((torch.rand(rows, cols, generator=gen) * 2 - 1) * scale).to(dtype)
+
+
+# --- the edge: +-1e4, temperature 0.05, eps 0.01 ------------------------------------------------
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("batch,clusters,samples", [(64, 10, 16), (33, 100, 5), (7, 3, 0)])
+def test_huge_low_precision_logits_match_float64(gen, dtype, assignment, batch, clusters, samples):
+    inputs = [uniform(gen, n, clusters, 1e4, dtype) for n in (batch, batch, samples) if n]
+    assert_matches_float64("torch", inputs, edge=True, assignment=assignment, energy_reg=0.01, **EDGE)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_saturated_ties_at_plus_minus_1e4(gen, dtype):
+    # Every logit at +-1e4: exact ties, one-hot and uniform rows, the largest energies.
+    inputs = [torch.where(torch.rand(9, 6, generator=gen) < 0.5, 1e4, -1e4).to(dtype) for _ in range(3)]
+    for assignment in ("softmax", "sinkhorn"):
+        assert_matches_float64("torch", inputs, edge=True, assignment=assignment, energy_reg=0.01, **EDGE)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION + [torch.float32])
+@pytest.mark.parametrize("batch,clusters", [(64, 10), (7, 3), (37, 300)])
+def test_sinkhorn_at_the_edge(gen, dtype, batch, clusters):
+    scores = uniform(gen, batch, clusters, 1e4, dtype)
+    q = sinkhorn_knopp(scores, 0.01, 3)
+    assert q.dtype == torch.float32 and torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(1), torch.ones(batch), rtol=0, atol=1e-6)
+    exact = reference.sinkhorn_knopp(scores.double(), 0.01, 3)
+    assert (q.double() - exact).abs().max().item() <= EDGE_SINKHORN_ATOL
+
+
+# --- non-finite inputs: documented behaviour without check_finite ---------------------------------
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_nan_or_inf_logits_give_nan_loss_without_check(value, where):
+    z = [torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(2, 3)]
+    z[where][1, 2] = value
+    for assignment in ("softmax", "sinkhorn"):
+        assert math.isnan(GEDILoss(assignment=assignment)(*z).item())
+    with pytest.raises(ValueError, match=f"{('z1', 'z2', 'zn')[where]} must be finite"):
+        GEDILoss(check_finite=True)(*z)
+
+
+def test_minus_inf_logit_is_a_cluster_of_probability_zero():
+    zn = torch.zeros(2, 3)
+    zn[0, 1] = -math.inf
+    loss = GEDILoss()(torch.zeros(4, 3), torch.zeros(4, 3), zn)
+    assert torch.isfinite(loss)
+    q = sinkhorn_knopp(torch.tensor([[0.0, -math.inf], [0.0, 0.0]]))
+    assert q[0, 1] == 0 and torch.isfinite(q).all()
+
+
+def test_nan_propagates_through_sgld_and_buffer_draw():
+    x = torch.tensor([math.nan, 1.0, math.inf])
+    sgld_step_(x, torch.zeros(3), 0.1, 0.0)
+    assert math.isnan(x[0]) and x[1] == 1.0 and math.isinf(x[2])
+    buffer = torch.tensor([[math.nan], [2.0]])
+    out, _ = buffer_draw(buffer, torch.tensor([0, 1]), reinit_prob=0.0)
+    assert math.isnan(out[0, 0]) and out[1, 0] == 2.0
+
+
+# --- properties: every op against the reference ---------------------------------------------------
+
+SCALES = st.floats(min_value=-2.0, max_value=4.0).map(lambda e: 10.0**e)
+SEEDS = st.integers(0, 2**31 - 1)
+
+
+@PROPERTY
+@given(batch=st.integers(1, 9), clusters=st.integers(2, 40), samples=st.integers(0, 5),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), scale=SCALES,
+       temperature=st.sampled_from([0.05, 0.1, 0.5, 1.0]), assignment=st.sampled_from(["softmax", "sinkhorn"]),
+       eps=st.sampled_from([0.01, 0.05, 0.5]), seed=SEEDS)
+def test_gedi_loss_matches_float64_reference(batch, clusters, samples, dtype, scale, temperature, assignment, eps,
+                                            seed):
+    gen = torch.Generator().manual_seed(seed)
+    inputs = [uniform(gen, n, clusters, scale, dtype) for n in (batch, batch, samples) if n]
+    # energy_reg's gradient, ~|E| / (rows temperature), would overflow fp16 at the largest scales.
+    energy_reg = 0.0 if dtype == torch.float16 else 0.01
+    assert_matches_float64("torch", inputs, temperature=temperature, assignment=assignment, sinkhorn_eps=eps,
+                           energy_reg=energy_reg)
+
+
+@PROPERTY
+@given(batch=st.integers(1, 40), clusters=st.integers(2, 60), iters=st.integers(1, 5),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), scale=SCALES,
+       eps=st.sampled_from([0.01, 0.05, 0.5]), seed=SEEDS)
+def test_sinkhorn_matches_float64_reference(batch, clusters, iters, dtype, scale, eps, seed):
+    scores = uniform(torch.Generator().manual_seed(seed), batch, clusters, scale, dtype)
+    q = sinkhorn_knopp(scores, eps, iters)
+    assert torch.isfinite(q).all()
+    exact = reference.sinkhorn_knopp(scores.double(), eps, iters)
+    assert (q.double() - exact).abs().max().item() <= sinkhorn_tolerance(scores, eps)
+
+
+@PROPERTY
+@given(shape=st.lists(st.integers(1, 7), min_size=1, max_size=4), dtype=st.sampled_from(list(OUTPUT_ROUNDING)[:3]),
+       scale=SCALES, step_size=st.floats(0.0, 2.0), noise_std=st.floats(0.0, 1.0),
+       clamp=st.sampled_from([None, 1.0, (-0.5, 3.0)]), seed=SEEDS, offset=st.integers(0, 2**64 - 1))
+def test_sgld_step_matches_reference(shape, dtype, scale, step_size, noise_std, clamp, seed, offset):
+    gen = torch.Generator().manual_seed(seed)
+    x = ((torch.rand(shape, generator=gen) * 2 - 1) * scale).to(dtype)
+    grad = ((torch.rand(shape, generator=gen) * 2 - 1) * scale).to(dtype)
+    noise = reference.philox_normal(x.numel(), seed, offset).reshape(shape)
+    bounds = (-clamp, clamp) if isinstance(clamp, float) else clamp
+    want = reference.sgld_step(x, grad, step_size, noise_std, noise, bounds).double()
+    got = sgld_step_(x.clone(), grad, step_size, noise_std, seed=seed, offset=offset, clamp=clamp).double()
+    # One rounding into the dtype apart, plus float32 Box-Muller against the reference's float64.
+    size = x.double().abs() + step_size * grad.double().abs() + noise_std * noise.abs()
+    allowed = 2 * OUTPUT_ROUNDING[dtype] * want.abs() + 4 * U * size + noise_std * 4e-6
+    assert (got - want).abs().le(allowed).all()
+
+
+@PROPERTY
+@given(rows=st.integers(1, 30), row_shape=st.lists(st.integers(1, 5), max_size=3), draws=st.integers(0, 40),
+       dtype=st.sampled_from(list(OUTPUT_ROUNDING)[:3]), reinit_prob=st.floats(0.0, 1.0),
+       low=st.floats(-1e4, 1e4), width=SCALES, seed=SEEDS, offset=st.integers(0, 2**64 - 1))
+def test_buffer_draw_equals_reference(rows, row_shape, draws, dtype, reinit_prob, low, width, seed, offset):
+    gen = torch.Generator().manual_seed(seed)
+    buffer = torch.randn(rows, *row_shape, generator=gen).to(dtype)
+    indices = torch.randint(0, rows, (draws,), generator=gen)
+    high = low + width
+    got, got_mask = buffer_draw(buffer, indices, reinit_prob, low, high, seed=seed, offset=offset)
+    want, want_mask = reference.buffer_draw(buffer, indices, reinit_prob, low, high, seed, offset)
+    assert torch.equal(got_mask, want_mask) and torch.equal(got, want)
