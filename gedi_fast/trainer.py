@@ -121,7 +121,7 @@ class TrainConfig:
 
 
 @contextlib.contextmanager
-def _tf32_switches(enabled: bool) -> Iterator[None]:
+def tf32_switches(enabled: bool) -> Iterator[None]:
     """torch's TF32 switches of cuBLAS matmuls and cuDNN convolutions set to `enabled` inside, restored after."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
@@ -206,7 +206,7 @@ class GEDITrainer:
 
     def tf32(self) -> contextlib.AbstractContextManager:
         """On CUDA: TF32 matmuls and convolutions inside when config.tf32, else strict fp32. Elsewhere a no-op."""
-        return _tf32_switches(self.config.tf32) if self.device.type == "cuda" else contextlib.nullcontext()
+        return tf32_switches(self.config.tf32) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One step on this rank's rows of the global batch, so W ranks step like one process on W x batch_size.

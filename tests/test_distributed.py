@@ -7,17 +7,14 @@ on every rank, and each rank's gradient for its own rows equal to world size x t
 """
 from __future__ import annotations
 
-import datetime
-import pathlib
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from gedi_fast import GEDILoss, reference, sinkhorn_knopp
+from gloo_ranks import WORLD, run_ranks
 
-WORLD = 2
 K = 7
 TIGHT = dict(rtol=1e-11, atol=1e-13)
 SETTINGS = dict(temperature=0.4, gen_weight=0.7, inv_weight=1.3, prior_weight=0.9, energy_reg=0.05, backend="torch")
@@ -77,42 +74,33 @@ def _ddp_grads(xs: torch.Tensor, xn: torch.Tensor, wrap) -> list[torch.Tensor]:
     return [p.grad for p in model.parameters()]
 
 
-def _rank_main(rank: int, store_path: str, cases_path: str, out_dir: str) -> None:
-    store = dist.FileStore(store_path, WORLD)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+def _rank_work(rank: int, cases: dict) -> dict:
+    both = dist.new_group([0, 1])
+    solo = [dist.new_group([r]) for r in range(WORLD)][rank]  # every rank joins every new_group call
+    out = {"loss": {}, "sinkhorn": {}, "world1": {}}
+    for name, (settings, z1, z2, zn) in cases["loss"].items():
+        mine = (z1[rank], z2[rank], None if zn is None else zn[rank])
+        out["loss"][name] = _loss_and_grads(GEDILoss(**settings), *mine)
+        out["world1"][name] = (_loss_and_grads(GEDILoss(**settings, process_group=solo), *mine),
+                               _loss_and_grads(GEDILoss(**settings, distributed=False), *mine))
+    for name, (scores, eps, iters) in cases["sinkhorn"].items():
+        out["sinkhorn"][name] = (sinkhorn_knopp(scores[rank], eps, iters, process_group=both),
+                                 sinkhorn_knopp(scores[rank], eps, iters, distributed=True),
+                                 sinkhorn_knopp(scores[rank], eps, iters, process_group=solo))
+    xs, xn = cases["ddp"]
+    out["ddp"] = _ddp_grads(xs[rank], xn[rank], torch.nn.parallel.DistributedDataParallel)
     try:
-        both = dist.new_group([0, 1])
-        solo = [dist.new_group([r]) for r in range(WORLD)][rank]  # every rank joins every new_group call
-        cases = torch.load(cases_path, weights_only=False)
-        out = {"loss": {}, "sinkhorn": {}, "world1": {}}
-        for name, (settings, z1, z2, zn) in cases["loss"].items():
-            mine = (z1[rank], z2[rank], None if zn is None else zn[rank])
-            out["loss"][name] = _loss_and_grads(GEDILoss(**settings), *mine)
-            out["world1"][name] = (_loss_and_grads(GEDILoss(**settings, process_group=solo), *mine),
-                                   _loss_and_grads(GEDILoss(**settings, distributed=False), *mine))
-        for name, (scores, eps, iters) in cases["sinkhorn"].items():
-            out["sinkhorn"][name] = (sinkhorn_knopp(scores[rank], eps, iters, process_group=both),
-                                     sinkhorn_knopp(scores[rank], eps, iters, distributed=True),
-                                     sinkhorn_knopp(scores[rank], eps, iters, process_group=solo))
-        xs, xn = cases["ddp"]
-        out["ddp"] = _ddp_grads(xs[rank], xn[rank], torch.nn.parallel.DistributedDataParallel)
-        try:
-            GEDILoss(distributed=False, process_group=both)
-        except ValueError as error:
-            out["group_without_distributed"] = str(error)
-        torch.save(out, pathlib.Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+        GEDILoss(distributed=False, process_group=both)
+    except ValueError as error:
+        out["group_without_distributed"] = str(error)
+    return out
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
     """(the cases, what each rank returned)."""
-    tmp = tmp_path_factory.mktemp("distributed")
     cases = _draw_cases()
-    torch.save(cases, tmp / "cases.pt")
-    mp.spawn(_rank_main, args=(str(tmp / "store"), str(tmp / "cases.pt"), str(tmp)), nprocs=WORLD, join=True)
-    return cases, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return cases, run_ranks(_rank_work, cases, tmp_path_factory.mktemp("distributed"))
 
 
 def _split(t: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:

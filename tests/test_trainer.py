@@ -120,13 +120,13 @@ def test_the_chain_draws_sgld_samples_negatives_per_step(tmp_path):
 
 
 def test_speed_switches_are_checked_and_leave_the_cpu_alone(tmp_path):
-    from gedi_fast.trainer import _tf32_switches
+    from gedi_fast.trainer import tf32_switches
 
     for name in ("cuda_graph", "tf32", "compile_step"):
         with pytest.raises(TypeError, match=f"{name} must be True or False"):
             TrainConfig(**{name: "yes"})
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    with _tf32_switches(not flags[0]):
+    with tf32_switches(not flags[0]):
         assert torch.backends.cuda.matmul.allow_tf32 == torch.backends.cudnn.allow_tf32 == (not flags[0])
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
     trainer = GEDITrainer(TrainConfig(**SMALL), tmp_path)

@@ -7,18 +7,14 @@ size, the single-process gradient (fp32 kernels against the float64 oracle, as i
 """
 from __future__ import annotations
 
-import datetime
-import pathlib
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from gedi_fast import GEDILoss, sinkhorn_knopp
 from gedi_fast.kernels import gedi_terms as fused
+from gloo_ranks import WORLD, run_ranks
 
-WORLD = 2
 RTOL = 2e-5
 SETTINGS = dict(temperature=0.5, gen_weight=0.7, inv_weight=1.3, prior_weight=0.9, energy_reg=0.01)
 # name: (GEDILoss settings, clusters, view rows per rank, sample rows per rank, force the many-program paths)
@@ -53,30 +49,21 @@ def _force_many_programs() -> None:
     fused.SINGLE_CHUNK_MAX, fused.CHUNK_COLUMNS, fused.CHUNK_ROWS, fused.COMBINE_IN_FINALIZE_MAX = 16, 16, 4, 0
 
 
-def _rank_main(rank: int, store_path: str, cases_path: str, out_dir: str) -> None:
-    store = dist.FileStore(store_path, WORLD)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
-    try:
-        cases = torch.load(cases_path, weights_only=False)
-        out = {}
-        for name in LOSS_CASES:  # the forced case last: its settings stay for the rest of the process
-            settings, z1, z2, zn, force = cases[name]
-            if force:
-                _force_many_programs()
-            out[name] = _loss_and_grads(settings, z1[rank], z2[rank], zn[rank], "triton")
-        out["public_sinkhorn"] = sinkhorn_knopp(cases["public_sinkhorn"][rank], 0.05, 3, backend="triton")
-        torch.save(out, pathlib.Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank_work(rank: int, cases: dict) -> dict:
+    out = {}
+    for name in LOSS_CASES:  # the forced case last: its settings stay for the rest of the process
+        settings, z1, z2, zn, force = cases[name]
+        if force:
+            _force_many_programs()
+        out[name] = _loss_and_grads(settings, z1[rank], z2[rank], zn[rank], "triton")
+    out["public_sinkhorn"] = sinkhorn_knopp(cases["public_sinkhorn"][rank], 0.05, 3, backend="triton")
+    return out
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
-    tmp = tmp_path_factory.mktemp("distributed")
     cases = _draw_cases()
-    torch.save(cases, tmp / "cases.pt")
-    mp.spawn(_rank_main, args=(str(tmp / "store"), str(tmp / "cases.pt"), str(tmp)), nprocs=WORLD, join=True)
-    return cases, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return cases, run_ranks(_rank_work, cases, tmp_path_factory.mktemp("distributed"))
 
 
 @pytest.mark.parametrize("name", LOSS_CASES)
