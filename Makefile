@@ -2,6 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 OUT ?= gpu-results
+BENCH_OUT ?= .benchmarks/latest
 BUILD_STAMP := .build-stamp
 BUILD_INPUTS := setup.py pyproject.toml $(wildcard csrc/*)
 
@@ -21,11 +22,16 @@ test: install
 	$(PYTHON) -m pytest tests
 	TRITON_INTERPRET=1 $(PYTHON) -m pytest tests/interpreter -p no:cacheprovider
 
+# The suites on the device at hand (quick mode without CUDA: GEDI_BENCH_QUICK), then the report:
+# $(BENCH_OUT)/bench.json, bench.md (tables), bench.png (speedup against size per op).
 bench: install
-	$(PYTHON) -m pytest benchmarks --benchmark-only
+	mkdir -p $(BENCH_OUT)
+	$(PYTHON) -m pytest benchmarks --benchmark-only -q -rs --benchmark-json=$(BENCH_OUT)/bench.json
+	$(PYTHON) -m benchmarks.report $(BENCH_OUT)/bench.json --markdown $(BENCH_OUT)/bench.md --plot $(BENCH_OUT)/bench.png
 
+# Train GEDI on moons on the CPU (about 1-2 minutes on 2 cores), print the scores and where the plots are.
 demo: install
-	$(PYTHON) examples/quickstart.py
+	$(PYTHON) -m gedi_fast train --dataset moons --out runs/demo --steps 1000
 
 # On a CUDA machine: build with CUDA kernels, GPU lane, suite, benchmarks; results under $(OUT).
 gpu-check:

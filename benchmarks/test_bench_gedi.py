@@ -1,65 +1,57 @@
-"""GEDI terms forward+backward and Sinkhorn-Knopp: eager reference, torch.compile'd reference, fused kernels.
+"""GEDI terms (the discriminative inv and prior terms, DESIGN.md's baseline: views z1, z2, no SGLD
+samples) at temperature 0.1: forward, and forward + backward to dz1, dz2.
 
-Ideal bytes: GEDI reads z1, z2 once and writes both gradients once; Sinkhorn reads the scores once
-and writes the float32 assignments once. The fused kernels need CUDA and are skipped on CPU, where
-only the small sizes of the reference run.
+The forward is a training forward: the logits require grad, so every implementation also keeps what
+its backward needs. eager: GEDILoss(backend="torch") (the reference); compile: the same module under
+torch.compile; ours: GEDILoss(backend="triton") (the fused kernels; CUDA only, skipped on CPU).
+Ideal bytes: forward reads z1 and z2 once; forward + backward also writes both gradients once.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from benchmarks.conftest import DEVICE, inner_calls, measure
-from gedi_fast import GEDILoss, reference
-from gedi_fast.ops.sinkhorn import fused_sinkhorn_knopp
+from benchmarks.harness import DEVICE, QUICK, Case, compiled_if, params, rotating
+from benchmarks.sizes import QUICK_COMPILE_LOGIT_SHAPES, logit_shapes
+from gedi_fast import GEDILoss
 
-GPU_SHAPES = [(256, 10), (1024, 100), (64, 3000), (4096, 3000), (32768, 1000), (4096, 65536)]
-SHAPES = GPU_SHAPES if DEVICE == "cuda" else [(256, 10), (1024, 100), (64, 3000)]
-IMPLS = ["eager", "compile", "gedi_fast"]
-
-
-def needs(impl: str) -> None:
-    if impl == "gedi_fast" and DEVICE != "cuda":
-        pytest.skip("the fused Triton kernels need CUDA")
-    if impl == "compile" and DEVICE != "cuda":
-        pytest.skip("torch.compile baselines are measured on the GPU")
+BF16_SHAPE = (32768, 1000)  # DESIGN.md's bf16 row, measured outside quick mode
+PASSES = {"gedi_fwd": 2, "gedi_fwd_bwd": 4}  # tensors of B x K read or written by an ideal kernel
 
 
-def gedi_step(impl: str):
-    loss_fn = GEDILoss(backend="triton" if impl == "gedi_fast" else "torch")
-    forward = torch.compile(loss_fn) if impl == "compile" else loss_fn
-
-    def step(z1, z2):
-        forward(z1, z2).backward()
-
-    return step
+def cases(op: str) -> list[Case]:
+    shapes = [(shape, torch.float32) for shape in logit_shapes()]
+    if not QUICK:
+        shapes.append((BF16_SHAPE, torch.bfloat16))
+    return [Case(op, f"{b}x{k}", (b, k), dtype, ideal_bytes=PASSES[op] * b * k * dtype.itemsize,
+                 compile_in_quick=(b, k) in QUICK_COMPILE_LOGIT_SHAPES) for (b, k), dtype in shapes]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("impl", IMPLS)
-def test_gedi_terms_fwd_bwd(benchmark, impl, shape, dtype):
-    needs(impl)
-    if dtype == torch.bfloat16 and (shape != (32768, 1000) or DEVICE != "cuda"):
-        pytest.skip("bf16 is measured at 32768 x 1000 on the GPU")
-    z1, z2 = (torch.randn(*shape, device=DEVICE, dtype=dtype).requires_grad_(True) for _ in range(2))
-    step = gedi_step(impl)
-    ideal = 4 * z1.numel() * z1.element_size()
-    benchmark.group = f"gedi fwd+bwd {shape[0]}x{shape[1]} {dtype}"
-    measure(benchmark, lambda: step(z1, z2), ideal, inner=inner_calls(ideal), impl=impl, shape=list(shape),
-            dtype=str(dtype))
+def build(case: Case, impl: str):
+    if impl == "ours" and DEVICE != "cuda":
+        pytest.skip("the fused Triton kernels need CUDA (on CPU GEDILoss runs the reference)")
+    batch, clusters = case.shape
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.randn(n, batch, clusters, device=DEVICE, dtype=case.dtype) for _ in range(2))
+
+    inputs = rotating(2 * batch * clusters * case.dtype.itemsize, make, leaves=True)
+    loss_fn = compiled_if(impl, GEDILoss(backend="triton" if impl == "ours" else "torch"))
+    if case.op == "gedi_fwd":
+        return lambda: loss_fn(*next(inputs))
+
+    def forward_backward() -> tuple[torch.Tensor, torch.Tensor]:
+        z1, z2 = next(inputs)
+        return torch.autograd.grad(loss_fn(z1, z2), (z1, z2))
+
+    return forward_backward
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("impl", IMPLS)
-def test_sinkhorn(benchmark, impl, shape):
-    needs(impl)
-    scores = torch.rand(*shape, device=DEVICE) * 2 - 1
-    fn = {
-        "eager": lambda: reference.sinkhorn_knopp(scores, 0.05, 3),
-        "compile": torch.compile(lambda: reference.sinkhorn_knopp(scores, 0.05, 3)),
-        "gedi_fast": lambda: fused_sinkhorn_knopp(scores, 0.05, 3),
-    }[impl]
-    ideal = 2 * scores.numel() * 4
-    benchmark.group = f"sinkhorn {shape[0]}x{shape[1]}"
-    measure(benchmark, fn, ideal, inner=inner_calls(ideal), impl=impl, shape=list(shape), dtype="float32")
+@pytest.mark.parametrize(("case", "impl"), params(cases("gedi_fwd")))
+def test_gedi_forward(bench, case, impl):
+    bench(case, impl, build)
+
+
+@pytest.mark.parametrize(("case", "impl"), params(cases("gedi_fwd_bwd")))
+def test_gedi_forward_backward(bench, case, impl):
+    bench(case, impl, build)
