@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from gedi_fast.ops.sgld import buffer_draw, sgld_step_
+from gedi_fast.ops.sgld import SGLDChainStep, buffer_draw
 from gedi_fast.validation import SAMPLE_DTYPES, check_logits, require_int, require_real
 
 STATE_KEYS = ("buffer", "calls", "seed")
@@ -131,10 +131,17 @@ class SGLDSampler:
         self.buffer.copy_(fresh * (high - low) + low)
 
     def energy(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        logits = check_logits(model(x), "model(x)")
+        return self._energy(self._checked(model(x), x))
+
+    def _energy(self, logits: torch.Tensor) -> torch.Tensor:
+        return -torch.logsumexp(logits / self.temperature, dim=1)
+
+    @staticmethod
+    def _checked(logits: object, x: torch.Tensor) -> torch.Tensor:
+        logits = check_logits(logits, "model(x)")
         if logits.shape[0] != x.shape[0]:
             raise ValueError(f"model(x) must have one row per sample ({x.shape[0]}), got shape {tuple(logits.shape)}")
-        return -torch.logsumexp(logits / self.temperature, dim=1)
+        return logits
 
     def sample(self, model: nn.Module, batch_size: int) -> torch.Tensor:
         """batch_size samples after config.steps SGLD steps, written back to the buffer; model left as found."""
@@ -167,13 +174,15 @@ class SGLDSampler:
                            seed=self.seed, offset=offsets[0])
         was_training = model.training
         model.eval()
+        step_ = SGLDChainStep(config.step_size, config.noise_std, self.seed, config.clamp)
         try:
             with torch.enable_grad(), _autocast_without_cache(device.type):
                 for step in range(config.steps):
                     x.requires_grad_(True)
-                    (grad,) = torch.autograd.grad(self.energy(model, x).sum(), x)
-                    sgld_step_(x, grad, config.step_size, config.noise_std, seed=self.seed, offset=offsets[1 + step],
-                               clamp=config.clamp)
+                    logits = model(x)  # checked on the first step only: the checks cost as much as a step
+                    energy = self._energy(self._checked(logits, x) if step == 0 else logits)
+                    (grad,) = torch.autograd.grad(energy.sum(), x)
+                    step_(x, grad, offsets[1 + step : 2 + step])
         finally:
             model.train(was_training)
         x = x.detach()

@@ -287,3 +287,19 @@ def test_build_without_cuda_kernels_explains_itself_to_cuda_callers():
     for call in calls:
         with pytest.raises(RuntimeError, match="gedi_fast was built without CUDA kernels"):
             call()
+
+
+def test_chain_step_skips_the_checks_but_not_the_math():
+    from gedi_fast.ops.sgld import SGLDChainStep
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(33, 3, generator=gen)
+    grads = [torch.randn(33, 3, generator=gen) for _ in range(3)]
+    expected = x.clone()
+    step = SGLDChainStep(0.3, 0.05, 2**64 - 7, clamp=(-1.0, 1.5))
+    for k, grad in enumerate(grads):
+        gedi_fast.sgld_step_(expected, grad, 0.3, 0.05, seed=2**64 - 7, offset=10 + k, clamp=(-1.0, 1.5))
+        step(x, grad, torch.tensor([10 + k]))
+    assert step.checked and torch.equal(x, expected)
+    with pytest.raises(ValueError, match="noise_std must be >= 0"):
+        SGLDChainStep(0.3, -1.0, 0)

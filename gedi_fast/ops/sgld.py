@@ -112,6 +112,33 @@ def sgld_step_(
     return x
 
 
+class SGLDChainStep:
+    """sgld_step_ for a loop that checked its arguments once: the sampler's chain.
+
+    The first call goes through sgld_step_'s checks; later calls go straight to the op with the
+    arguments resolved then, which saves ~30 us of Python per step on the CPU (the MLP chain's
+    steps take about as long as that on their own).
+    """
+
+    def __init__(self, step_size: float, noise_std: float, seed: int, clamp: object = None) -> None:
+        self.step_size = require_real(step_size, "step_size")
+        self.noise_std = require_real(noise_std, "noise_std", non_negative=True)
+        self.seed = require_int(seed, "seed", minimum=0, maximum=_UINT64 - 1)
+        self.clamp_min, self.clamp_max = _clamp_bounds(clamp)
+        self.checked = False
+
+    def __call__(self, x: torch.Tensor, grad: torch.Tensor, offset: torch.Tensor) -> None:
+        """x (contiguous, as buffer_draw returns it) stepped with noise from the one-element int64 `offset`."""
+        if not self.checked:
+            clamp = None if self.clamp_min is None else (self.clamp_min, self.clamp_max)
+            sgld_step_(x, grad, self.step_size, self.noise_std, seed=self.seed, offset=offset, clamp=clamp)
+            self.checked = x.is_contiguous()
+            return
+        with torch.no_grad():
+            torch.ops.gedi_fast.sgld_step_(x, grad.contiguous(), self.step_size, self.noise_std, _as_int64(self.seed), 0,
+                                           offset.reshape(()), self.clamp_min, self.clamp_max)
+
+
 def buffer_draw(
     buffer: torch.Tensor,
     indices: torch.Tensor,
