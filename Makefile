@@ -29,9 +29,10 @@ bench: install
 	$(PYTHON) -m pytest benchmarks --benchmark-only -q -rs --benchmark-json=$(BENCH_OUT)/bench.json
 	$(PYTHON) -m benchmarks.report $(BENCH_OUT)/bench.json --markdown $(BENCH_OUT)/bench.md --plot $(BENCH_OUT)/bench.png
 
-# Train GEDI on moons on the CPU (about 1-2 minutes on 2 cores), print the scores and where the plots are.
+# Train GEDI on moons with the default settings on the CPU (2.4 min on 2 busy cores), print the scores
+# and where the plots are.
 demo: install
-	$(PYTHON) -m gedi_fast train --dataset moons --out runs/demo --steps 1000
+	$(PYTHON) -m gedi_fast train --dataset moons --out runs/demo
 
 # On a CUDA machine: build with CUDA kernels, GPU lane, suite, benchmarks; results under $(OUT).
 gpu-check:

@@ -82,7 +82,8 @@ def test_triad_scores_do_not_depend_on_parallel_jobs(tmp_path):
     for key in serial:
         for a, b in zip(serial[key], parallel[key]):
             assert a["nmi"] == pytest.approx(b["nmi"], abs=1e-9), key
-            assert a.get("feature_variance") == pytest.approx(b.get("feature_variance"), rel=1e-5), key
+            if key[0] != "k-means":  # k-means rows have no network features
+                assert a["feature_variance"] == pytest.approx(b["feature_variance"], rel=1e-5), key
 
 
 def test_set_takes_booleans():
