@@ -29,7 +29,7 @@ bench: install
 	$(PYTHON) -m pytest benchmarks --benchmark-only -q -rs --benchmark-json=$(BENCH_OUT)/bench.json
 	$(PYTHON) -m benchmarks.report $(BENCH_OUT)/bench.json --markdown $(BENCH_OUT)/bench.md --plot $(BENCH_OUT)/bench.png
 
-# Train GEDI on moons with the default settings on the CPU (2.4 min on 2 busy cores), print the scores
+# Train GEDI on moons with the default settings on the CPU (43 s on 2 idle cores), print the scores
 # and where the plots are.
 demo: install
 	$(PYTHON) -m gedi_fast train --dataset moons --out runs/demo
