@@ -24,6 +24,7 @@ namespace gedi_fast {
 namespace {
 
 constexpr int64_t kGroupsPerChunk = 256;  // 1024 floats of noise on the stack per chunk
+constexpr int64_t kGrainElements = 32768;  // per thread at least: a 64 x 2 draw is not worth waking a second thread
 
 GEDI_VECTOR_CLONES void fill_normals(float* __restrict__ out, uint64_t first_group, int64_t groups,
                                      uint64_t seed, uint64_t offset) {
@@ -98,7 +99,8 @@ std::tuple<at::Tensor, at::Tensor> buffer_draw_cpu(const at::Tensor& buffer, con
   GEDI_DISPATCH_SAMPLE_TYPES(buffer.scalar_type(), "buffer_draw_cpu", [&] {
     const scalar_t* src = buffer.data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain_rows = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, row_numel));
+    at::parallel_for(0, rows, grain_rows, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const bool fresh = row_reinitialised(key, counter_offset, static_cast<uint64_t>(r), prob);
         reinit_p[r] = fresh;

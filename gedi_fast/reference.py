@@ -42,6 +42,13 @@ def energy(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return -torch.logsumexp(z.to(compute_dtype(z)) / temperature, dim=-1)
 
 
+def energy_grad(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """dE/dz = -softmax(z / temperature) / temperature, in z's dtype: SGLD's gradient at the logits in
+    closed form (one softmax where autograd would replay logsumexp's half a dozen ops and their backward)."""
+    scaled = z.detach().to(compute_dtype(z)) / temperature
+    return torch.softmax(scaled, dim=-1).mul_(-1.0 / temperature).to(z.dtype)
+
+
 @torch.no_grad()
 def sinkhorn_knopp(scores: torch.Tensor, eps: float = 0.05, iters: int = 3, ranks: Ranks | None = None) -> torch.Tensor:
     """SwAV's balanced assignments (B x K, rows sum to 1), computed in the log domain.

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from gedi_fast.ops.sgld import SGLDChainStep, buffer_draw
+from gedi_fast.reference import energy, energy_grad
 from gedi_fast.validation import SAMPLE_DTYPES, check_logits, require_int, require_real
 
 STATE_KEYS = ("buffer", "calls", "seed")
@@ -114,6 +115,7 @@ class SGLDSampler:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_key: tuple | None = None
         self._graph_samples: torch.Tensor | None = None
+        self._row_hashes: torch.Tensor | None = None
         self.reseed(seed)
 
     @property
@@ -131,10 +133,7 @@ class SGLDSampler:
         self.buffer.copy_(fresh * (high - low) + low)
 
     def energy(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return self._energy(self._checked(model(x), x))
-
-    def _energy(self, logits: torch.Tensor) -> torch.Tensor:
-        return -torch.logsumexp(logits / self.temperature, dim=1)
+        return energy(self._checked(model(x), x), self.temperature)
 
     @staticmethod
     def _checked(logits: object, x: torch.Tensor) -> torch.Tensor:
@@ -154,12 +153,19 @@ class SGLDSampler:
         self._graph.replay()
         return self._graph_samples.clone()
 
-    def _indices(self, rows: torch.Tensor) -> torch.Tensor:
-        """This call's buffer rows: a hash of (seed, calls, row), uniform over the buffer (bias < size / 2**32)."""
-        calls = self._calls
+    def _indices(self, batch_size: int) -> torch.Tensor:
+        """This call's buffer rows: a hash of (seed, calls, row), uniform over the buffer (bias < size / 2**32).
+
+        On the CPU the counter is read and the per-call key hashed with Python ints (free there, and
+        forty fewer tensor ops per call); elsewhere the key is hashed on the device, so no call syncs.
+        The row hashes do not depend on the call and are kept from one call to the next.
+        """
+        calls = int(self._calls) if self._calls.device.type == "cpu" else self._calls
         key = mix32(mix32(self.seed & _MASK32) ^ mix32(self.seed >> 32))
         key = mix32(mix32(key ^ (calls & _MASK32)) ^ (calls >> 32))
-        return torch.remainder(mix32(mix32(rows) ^ key), self.config.buffer_size)
+        if self._row_hashes is None or self._row_hashes.shape[0] != batch_size:
+            self._row_hashes = mix32(torch.arange(batch_size, device=self.buffer.device))
+        return torch.remainder(mix32(self._row_hashes ^ key), self.config.buffer_size)
 
     def _chain(self, model: nn.Module, batch_size: int) -> torch.Tensor:
         """Draw, config.steps steps, write-back and counter advance, all on the device (safe to capture).
@@ -167,9 +173,8 @@ class SGLDSampler:
         Call c uses Philox offset c * (steps + 1) for the draw and that plus 1 + step for each step.
         """
         config, device = self.config, self.buffer.device
-        offsets = self._calls * (config.steps + 1) + torch.arange(config.steps + 1, device=device)
-        rows = torch.arange(batch_size, device=device)
-        indices = self._indices(rows)
+        offsets = (self._calls * (config.steps + 1) + torch.arange(config.steps + 1, device=device)).unbind()
+        indices = self._indices(batch_size)
         x, _ = buffer_draw(self.buffer, indices, config.reinit_prob, config.init_low, config.init_high,
                            seed=self.seed, offset=offsets[0])
         was_training = model.training
@@ -180,16 +185,17 @@ class SGLDSampler:
                 for step in range(config.steps):
                     x.requires_grad_(True)
                     logits = model(x)  # checked on the first step only: the checks cost as much as a step
-                    energy = self._energy(self._checked(logits, x) if step == 0 else logits)
-                    (grad,) = torch.autograd.grad(energy.sum(), x)
-                    step_(x, grad, offsets[1 + step : 2 + step])
+                    if step == 0:
+                        self._checked(logits, x)
+                    (grad,) = torch.autograd.grad(logits, x, energy_grad(logits, self.temperature))
+                    step_(x, grad, offsets[1 + step])
         finally:
             model.train(was_training)
         x = x.detach()
         # buffer[indices] = x, where among repeated indices the last row wins on every device (as the
         # CPU's index_put_ does; CUDA's would pick a row at random).
         last = torch.empty(config.buffer_size, dtype=torch.int64, device=device)
-        last.scatter_reduce_(0, indices, rows, reduce="amax", include_self=False)
+        last.scatter_reduce_(0, indices, torch.arange(batch_size, device=device), reduce="amax", include_self=False)
         self.buffer.index_copy_(0, indices, x.index_select(0, last.index_select(0, indices)))
         self._calls.add_(1)
         return x

@@ -168,3 +168,21 @@ def test_analytic_gradients_equal_autograd(gen, assignment, batch, clusters, sam
     assert (got[2] is None) == (zn is None)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch,clusters,scale", [(1, 2, 1.0), (7, 3, 5.0), (5, 17, 1e4), (33, 1001, 30.0)])
+@pytest.mark.parametrize("temperature", [1.0, 0.05])
+def test_energy_grad_is_the_autograd_gradient_of_the_energy(gen, batch, clusters, scale, temperature):
+    z = (scale * torch.randn(batch, clusters, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    (want,) = torch.autograd.grad(reference.energy(z, temperature).sum(), z)
+    got = reference.energy_grad(z, temperature)
+    assert torch.isfinite(got).all() and not got.requires_grad
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_energy_grad_keeps_the_logits_dtype_and_computes_in_float32(gen, dtype):
+    z = (1e4 * torch.randn(6, 9, generator=gen)).to(dtype)  # z / 0.1 overflows fp16: finite only in float32
+    got = reference.energy_grad(z, 0.1)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    torch.testing.assert_close(got, reference.energy_grad(z.double(), 0.1).to(dtype))

@@ -7,6 +7,7 @@ import torch
 
 from gedi_fast import SGLDConfig, SGLDSampler, buffer_draw, sgld_step_
 from gedi_fast.models import MLPClusterer
+from gedi_fast.reference import energy_grad
 from gedi_fast.sampler import mix32
 
 MASK32 = 0xFFFFFFFF
@@ -87,12 +88,27 @@ def test_chain_is_the_counter_stream_with_integer_offsets(seed):
                            offset=offset)
         for step in range(config.steps):
             x.requires_grad_(True)
-            (grad,) = torch.autograd.grad(sampler.energy(model, x).sum(), x)
+            logits = model(x)
+            (grad,) = torch.autograd.grad(logits, x, energy_grad(logits, sampler.temperature))
             sgld_step_(x, grad, config.step_size, config.noise_std, seed=seed, offset=offset + 1 + step)
         x = x.detach()
         buffer[indices] = x  # on the CPU the last of repeated indices wins
         assert torch.equal(sampler.sample(model, 16), x)
         assert torch.equal(sampler.buffer, buffer) and sampler.calls == calls + 1
+
+
+def test_chain_steps_along_the_autograd_gradient_of_the_energy():
+    """The chain's closed-form gradient is autograd's gradient of E(x).sum() (one step, no noise; the
+    formula itself is checked in float64 in test_reference.py)."""
+    model = MLPClusterer(2, 5, hidden=16)
+    config = SGLDConfig(steps=1, step_size=0.3, noise_std=0.0, buffer_size=9, reinit_prob=0.0)
+    sampler = SGLDSampler((2,), config, temperature=0.07, seed=11)
+    before = sampler.buffer.clone()
+    x = sampler.sample(model, 9)
+    start = before[expected_indices(11, 0, 9, 9)].requires_grad_(True)
+    (grad,) = torch.autograd.grad(sampler.energy(model, start).sum(), start)
+    assert grad.norm() > 0.1  # a real step, not a flat region
+    torch.testing.assert_close(x, start.detach() - 0.3 * grad, rtol=1e-5, atol=1e-5)
 
 
 def test_rows_are_drawn_uniformly_and_the_last_repeat_is_written_back():
