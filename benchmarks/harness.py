@@ -40,8 +40,12 @@ COPY_BYTES = (1024 if DEVICE == "cuda" else 256) * 2**20
 MIN_ROUND_S = 2e-3
 MAX_CALLS_PER_ROUND = 1000
 ROUND_BUDGET_S = 0.4 if QUICK else 1.0  # a result's timed rounds, its baselines' included, take about this long
-MIN_ROUNDS, MAX_ROUNDS = (5, 15) if QUICK else (5, 50)
-SLOW_ROUNDS = 3  # when one round (own and baselines') already exceeds ROUND_BUDGET_S
+# GEDI_BENCH_MIN_ROUNDS=N times at least N rounds per result, slow ones included (a second-long CNN
+# step gets 3 by default): a noisy machine needs more for a steady median.
+MIN_ROUNDS = int(os.environ.get("GEDI_BENCH_MIN_ROUNDS", "5"))
+MAX_ROUNDS = max(MIN_ROUNDS, 15 if QUICK else 50)
+# SLOW_ROUNDS: when one round (own and baselines') already exceeds ROUND_BUDGET_S.
+SLOW_ROUNDS = int(os.environ.get("GEDI_BENCH_MIN_ROUNDS", "3"))
 WARMUP_CALLS = 3
 
 Call = Callable[[], object]
