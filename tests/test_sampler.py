@@ -73,6 +73,16 @@ def expected_indices(seed: int, calls: int, batch: int, buffer_size: int) -> tor
     return torch.tensor([mix32(mix32(row) ^ key) % buffer_size for row in range(batch)])
 
 
+def test_mix32_on_tensors_equals_mix32_on_ints():
+    """The row key is hashed from Python ints on CPU and from the device counter elsewhere: same numbers."""
+    values = [0, 1, 2**31 - 1, 2**32 - 1, 2**32, 2**40 + 5, 2**63 - 1]
+    values += torch.randint(0, 2**62, (64,), generator=torch.Generator().manual_seed(3)).tolist()
+    assert mix32(torch.tensor(values)).tolist() == [mix32(v) for v in values]
+    for calls in (0, 7, 2**32 + 9):
+        key, device_key = mix32(mix32(calls & MASK32) ^ (calls >> 32)), torch.tensor(calls)
+        assert int(mix32(mix32(device_key & MASK32) ^ (device_key >> 32))) == key
+
+
 @pytest.mark.parametrize("seed", [3, 2**40 + 5])
 def test_chain_is_the_counter_stream_with_integer_offsets(seed):
     """Call c draws at Philox offset c * (steps + 1) and steps at that + 1 + step: the device counter gives
