@@ -133,6 +133,7 @@ class SGLDSampler:
         self.buffer.copy_(fresh * (high - low) + low)
 
     def energy(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """E(x) per row by reference.energy (float32 for fp16/bf16 logits), the model's output checked first."""
         return energy(self._checked(model(x), x), self.temperature)
 
     @staticmethod
