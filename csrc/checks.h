@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Optional.h>
@@ -47,6 +48,8 @@ inline void check_sgld_args(const at::Tensor& x, const at::Tensor& grad,
   TORCH_CHECK(grad.device() == x.device(), "gedi_fast: grad must be on x's device ", x.device(),
               ", got ", grad.device());
   TORCH_CHECK(x.is_contiguous() && grad.is_contiguous(), "gedi_fast: x and grad must be contiguous");
+  TORCH_CHECK(at::get_overlap_status(x, grad) == at::MemOverlapStatus::No,
+              "gedi_fast: grad must not share memory with x (x is updated in place while grad is read)");
   check_device_offset(device_offset, x);
 }
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from gedi_fast.ops.sgld import SGLDChainStep, buffer_draw
+from gedi_fast.precision import tf32_state
 from gedi_fast.reference import energy, energy_grad
 from gedi_fast.validation import SAMPLE_DTYPES, check_logits, require_int, require_real
 
@@ -149,10 +150,11 @@ class SGLDSampler:
         if not self.graphed or torch.cuda.is_current_stream_capturing():
             return self._chain(model, batch_size)
         key = self._key(model, batch_size)
-        if key != self._graph_key:
-            return self._capture(model, batch_size, key)
-        self._graph.replay()
-        return self._graph_samples.clone()
+        with torch.cuda.device(self.buffer.device):  # replay and clone on the buffer's device and its stream
+            if key != self._graph_key:
+                return self._capture(model, batch_size, key)
+            self._graph.replay()
+            return self._graph_samples.clone()
 
     def _indices(self, batch_size: int) -> torch.Tensor:
         """This call's buffer rows: a hash of (seed, calls, row), uniform over the buffer (bias < size / 2**32).
@@ -164,9 +166,12 @@ class SGLDSampler:
         calls = int(self._calls) if self._calls.device.type == "cpu" else self._calls
         key = mix32(mix32(self.seed & _MASK32) ^ mix32(self.seed >> 32))
         key = mix32(mix32(key ^ (calls & _MASK32)) ^ (calls >> 32))
+        return torch.remainder(mix32(self._hashes_of_rows(batch_size) ^ key), self.config.buffer_size)
+
+    def _hashes_of_rows(self, batch_size: int) -> torch.Tensor:
         if self._row_hashes is None or self._row_hashes.shape[0] != batch_size:
             self._row_hashes = mix32(torch.arange(batch_size, device=self.buffer.device))
-        return torch.remainder(mix32(self._row_hashes ^ key), self.config.buffer_size)
+        return self._row_hashes
 
     def _chain(self, model: nn.Module, batch_size: int) -> torch.Tensor:
         """Draw, config.steps steps, write-back and counter advance, all on the device (safe to capture).
@@ -205,17 +210,24 @@ class SGLDSampler:
         """Everything a captured chain bakes in besides the tensors it reads in place."""
         device = self.buffer.device.type
         autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         storage = tuple(t.data_ptr() for t in itertools.chain(model.parameters(), model.buffers()))
-        return (batch_size, id(model), storage, self.seed, self.config, self.temperature, autocast, tf32)
+        return (batch_size, id(model), storage, self.seed, self.config, self.temperature, autocast, tf32_state())
 
     def _capture(self, model: nn.Module, batch_size: int, key: tuple) -> torch.Tensor:
         """Run this call eagerly on a side stream (the warm-up CUDA graphs need), then capture the chain.
 
-        Capturing executes nothing, so the counter and buffer advance once, by the warm-up.
+        Runs with the buffer's device current (sample() sees to it). The capture stream is made on
+        that device: torch.cuda.graph's default one is made once, on whichever device was current at
+        the first capture of the process, and capturing there records nothing of this device's work.
+        The row hashes the graph reads live on past the warm-up, so they are made on the caller's
+        stream first; only the returned samples come from the side stream (record_stream marks
+        their use on the caller's). Capturing executes nothing, so the counter and buffer advance
+        once, by the warm-up.
         """
         self._graph = self._graph_samples = self._graph_key = None  # frees the old graph's memory first
-        side, main = torch.cuda.Stream(self.buffer.device), torch.cuda.current_stream(self.buffer.device)
+        device = self.buffer.device
+        self._hashes_of_rows(batch_size)
+        side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
             samples = self._chain(model, batch_size)
@@ -223,7 +235,7 @@ class SGLDSampler:
         samples.record_stream(main)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):
                 graph_samples = self._chain(model, batch_size)
         except RuntimeError as error:
             raise RuntimeError(f"capturing the SGLD chain as a CUDA graph failed ({error}); the model must run "

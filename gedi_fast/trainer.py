@@ -15,7 +15,6 @@ import math
 import pathlib
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +27,7 @@ from gedi_fast.augment import augment_images, jitter, rotate_and_jitter
 from gedi_fast.data import Dataset, load_dataset
 from gedi_fast.loss import GEDILoss
 from gedi_fast.models import build_model
+from gedi_fast.precision import tf32_switches
 from gedi_fast.sampler import SGLDConfig, SGLDSampler
 from gedi_fast.validation import require_bool, require_choice, require_int, require_real
 
@@ -118,17 +118,6 @@ class TrainConfig:
                              f"got {self.device!r}") from None
         if self.augmentation is not None:
             require_choice(self.augmentation, "augmentation", AUGMENTATIONS)
-
-
-@contextlib.contextmanager
-def tf32_switches(enabled: bool) -> Iterator[None]:
-    """torch's TF32 switches of cuBLAS matmuls and cuDNN convolutions set to `enabled` inside, restored after."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 # Langevin step and noise per kind of data when the config leaves them None.

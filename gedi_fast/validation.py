@@ -47,6 +47,22 @@ def require_no_overlap(t: torch.Tensor, name: str) -> None:
                          f"{t.stride()}")
 
 
+def require_disjoint(t: torch.Tensor, name: str, other: torch.Tensor, other_name: str) -> None:
+    """t, read while `other` is written in place, must not share memory with it (the kernels read and
+    write through restrict pointers)."""
+    if t.numel() == 0 or other.numel() == 0 or t.untyped_storage().data_ptr() != other.untyped_storage().data_ptr():
+        return
+
+    def span(x: torch.Tensor) -> tuple[int, int]:
+        start = x.storage_offset()
+        return start, start + sum((n - 1) * abs(s) for n, s in zip(x.shape, x.stride())) + 1
+
+    (a0, a1), (b0, b1) = span(t), span(other)
+    if a0 < b1 and b0 < a1:
+        raise ValueError(f"{name} must not share memory with {other_name} ({other_name} is updated in place "
+                         f"while {name} is read); pass {name}.clone()")
+
+
 def require_real(value: object, name: str, *, positive: bool = False, non_negative: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")

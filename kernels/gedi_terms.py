@@ -27,11 +27,14 @@ import triton.language as tl
 
 from gedi_fast import reference
 from gedi_fast.distributed import Ranks
+from gedi_fast.kernels.launching import direct, on_device
 
-NEG_INF = tl.constexpr(float("-inf"))
 SINGLE_CHUNK_MAX = 4096  # widest row (columns, padded to a power of 2) one tile holds
 TILE_ELEMENTS = 2048  # per view and tile: rows x columns held in registers at once
-ELEMENTS_PER_THREAD = 8  # of one tile; the backward keeps about ten tiles live (no spills at sm_90)
+# Elements of one tile per thread: the forward keeps a few tiles live, the backward about ten, so it
+# spreads a tile over twice the threads (benchmarks/SM90.md: no spills, registers below the cap).
+FWD_ELEMENTS_PER_THREAD = 8
+BWD_ELEMENTS_PER_THREAD = 4
 CHUNK_COLUMNS = 256  # column chunk past SINGLE_CHUNK_MAX
 CHUNK_ROWS = 8
 COMBINE_IN_FINALIZE_MAX = 1 << 16  # partial entries the single finalize program merges itself
@@ -47,7 +50,7 @@ def _load_scaled(ptr, rows, cols, col_ok, stride, inv_tau):
     """A [rows x cols] tile of ptr (row stride `stride`) as float32 times inv_tau; padded columns -inf."""
     offsets = rows.to(tl.int64)[:, None] * stride + cols[None, :]
     mask = (rows >= 0)[:, None] & col_ok[None, :]
-    return tl.load(ptr + offsets, mask=mask, other=NEG_INF).to(tl.float32) * inv_tau
+    return tl.load(ptr + offsets, mask=mask, other=float("-inf")).to(tl.float32) * inv_tau
 
 
 @triton.jit
@@ -97,7 +100,7 @@ def _online_lse(m, l, s):
 def _merge_max_sum(m_a, s_a, m_b, s_b):
     """Merge two (max, sum of exp(x - max)) summaries; an all -inf side contributes nothing."""
     m = tl.maximum(m_a, m_b)
-    safe = tl.where(m == NEG_INF, 0.0, m)
+    safe = tl.where(m == float("-inf"), 0.0, m)
     return m, s_a * tl.exp(m_a - safe) + s_b * tl.exp(m_b - safe)
 
 
@@ -112,10 +115,10 @@ def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, SINKHORN: tl.constex
     valid = row_ok[:, None] & col_ok[None, :]
     cross1 = tl.sum(tl.where(valid, w2 * lq1, 0.0), 1)
     cross2 = tl.sum(tl.where(valid, w1 * lq2, 0.0), 1)
-    lq1 = tl.where(valid, lq1, NEG_INF)
-    lq2 = tl.where(valid, lq2, NEG_INF)
+    lq1 = tl.where(valid, lq1, float("-inf"))
+    lq2 = tl.where(valid, lq2, float("-inf"))
     col_max = tl.maximum(tl.max(lq1, 0), tl.max(lq2, 0))
-    safe = tl.where(col_max == NEG_INF, 0.0, col_max)
+    safe = tl.where(col_max == float("-inf"), 0.0, col_max)
     col_sum = tl.sum(tl.exp(lq1 - safe[None, :]), 0) + tl.sum(tl.exp(lq2 - safe[None, :]), 0)
     return cross1, cross2, col_max, col_sum
 
@@ -132,12 +135,12 @@ def _store_stats(stats, rows, row_ok, lse1, lse2, cross1, cross2):
 @triton.jit
 def _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K):
     """(max_i log q_ik, log sum_i exp(log q_ik - max)) over all rows, merging partials in program order."""
-    m = tl.full(cols.shape, NEG_INF, tl.float32)
+    m = tl.full(cols.shape, float("-inf"), tl.float32)
     s = tl.zeros(cols.shape, tl.float32)
     max_ptrs = part_max + cols
     sum_ptrs = part_sum + cols
     for _ in range(0, n_parts):
-        m, s = _merge_max_sum(m, s, tl.load(max_ptrs, mask=col_ok, other=NEG_INF), tl.load(sum_ptrs, mask=col_ok, other=0.0))
+        m, s = _merge_max_sum(m, s, tl.load(max_ptrs, mask=col_ok, other=float("-inf")), tl.load(sum_ptrs, mask=col_ok, other=0.0))
         max_ptrs += K
         sum_ptrs += K
     return m, tl.log(s)
@@ -158,7 +161,7 @@ def _fwd_rows_kernel(
         row0 = pid.to(tl.int64) * rows_per_program
         if SINGLE_CHUNK:
             col_ok = c < K
-            acc_max = tl.full([BLOCK_K], NEG_INF, tl.float32)
+            acc_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
             acc_sum = tl.zeros([BLOCK_K], tl.float32)
             for sub in range(0, rows_per_program, BLOCK_B):
                 rows = row0 + sub + r
@@ -176,9 +179,9 @@ def _fwd_rows_kernel(
             rows = row0 + r
             row_ok = rows < B
             safe_rows = tl.minimum(rows, B - 1)
-            m1 = tl.full([BLOCK_B], NEG_INF, tl.float32)
+            m1 = tl.full([BLOCK_B], float("-inf"), tl.float32)
             l1 = tl.zeros([BLOCK_B], tl.float32)
-            m2 = tl.full([BLOCK_B], NEG_INF, tl.float32)
+            m2 = tl.full([BLOCK_B], float("-inf"), tl.float32)
             l2 = tl.zeros([BLOCK_B], tl.float32)
             for start in range(0, K, BLOCK_K):
                 col_ok = start + c < K
@@ -203,7 +206,7 @@ def _fwd_rows_kernel(
         for sub in range(0, rows_per_program, BLOCK_B):
             rows = row0 + sub + r
             safe_rows = tl.minimum(rows, M - 1)
-            m = tl.full([BLOCK_B], NEG_INF, tl.float32)
+            m = tl.full([BLOCK_B], float("-inf"), tl.float32)
             l = tl.zeros([BLOCK_B], tl.float32)
             for start in range(0, K, BLOCK_K):
                 m, l = _online_lse(m, l, _load_scaled(zn + start, safe_rows, c, start + c < K, stride_n, inv_tau))
@@ -425,6 +428,7 @@ class _Plan:
     view_programs: int
     sample_programs: int
     num_warps: int
+    bwd_num_warps: int
 
     @staticmethod
     def make(batch: int, samples: int, clusters: int) -> "_Plan":
@@ -444,7 +448,8 @@ class _Plan:
             rows_per_program=rows_per_program,
             view_programs=triton.cdiv(batch, rows_per_program),
             sample_programs=triton.cdiv(samples, rows_per_program),
-            num_warps=max(4, min(16, block_b * block_k // (32 * ELEMENTS_PER_THREAD))),
+            num_warps=max(4, min(16, block_b * block_k // (32 * FWD_ELEMENTS_PER_THREAD))),
+            bwd_num_warps=max(4, min(32, block_b * block_k // (32 * BWD_ELEMENTS_PER_THREAD))),
         )
 
 
@@ -455,13 +460,19 @@ def _contiguous(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-def _identity(kernel):
-    return kernel
+def _unused(like: torch.Tensor) -> torch.Tensor:
+    """An empty stand-in for a pointer argument the launch's branch never touches.
+
+    Every tensor argument of a launch gets memory of its own: under torch.compile each argument a
+    kernel writes is functionalized into its own copy, so two arguments sharing one tensor would
+    leave the result to whichever copy is written back last.
+    """
+    return like.new_empty(0, *like.shape[1:])
 
 
 def _forward(
     z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor], t1: Optional[torch.Tensor],
-    t2: Optional[torch.Tensor], temperature: float, weights: list[float], wrap: Callable = _identity,
+    t2: Optional[torch.Tensor], temperature: float, weights: list[float], wrap: Callable = direct,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(terms vector in reference.TERM_VECTOR order, per-row stats [B, 4], sample lse [M], columns [2, K]).
 
@@ -479,34 +490,33 @@ def _forward(
     part_sum = torch.empty(plan.view_programs, clusters, **f32)
     columns = torch.empty(2, clusters, **f32)
     terms = torch.empty(N_TERMS, **f32)
-    zn = z1 if zn is None else _contiguous(zn)
-    t1 = _contiguous(t1) if sinkhorn else z1
-    t2 = _contiguous(t2) if sinkhorn else z1
-    wrap(_fwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
-        z1, z2, zn, t1, t2, stats, lse_n if samples else stats, part_max, part_sum,
-        batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
-        plan.view_programs, plan.rows_per_program,
-        SINKHORN=sinkhorn, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
-        num_warps=plan.num_warps,
-    )
-    log_rows = math.log(2 * batch)
+    zn = _unused(z1) if zn is None else _contiguous(zn)
+    t1 = _contiguous(t1) if sinkhorn else _unused(z1)
+    t2 = _contiguous(t2) if sinkhorn else _unused(z1)
     combine_here = plan.view_programs * clusters <= COMBINE_IN_FINALIZE_MAX
-    if not combine_here:
-        wrap(_combine_kernel)[(triton.cdiv(clusters, 256),)](
-            part_max, part_sum, columns, plan.view_programs, clusters, BLOCK=256, num_warps=4
+    with on_device(z1):
+        wrap(_fwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
+            z1, z2, zn, t1, t2, stats, lse_n, part_max, part_sum,
+            batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
+            plan.view_programs, plan.rows_per_program,
+            SINKHORN=sinkhorn, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
+            num_warps=plan.num_warps,
         )
-    wrap(_finalize_kernel)[(1,)](
-        stats, lse_n if samples else stats, part_max, part_sum, columns, terms, batch, samples, clusters,
-        plan.view_programs,
-        log_rows, *weights, COMBINE=combine_here, BLOCK=1024, num_warps=8,
-    )
+        if not combine_here:
+            wrap(_combine_kernel)[(triton.cdiv(clusters, 256),)](
+                part_max, part_sum, columns, plan.view_programs, clusters, BLOCK=256, num_warps=4
+            )
+        wrap(_finalize_kernel)[(1,)](
+            stats, lse_n, part_max, part_sum, columns, terms, batch, samples, clusters, plan.view_programs,
+            math.log(2 * batch), *weights, COMBINE=combine_here, BLOCK=1024, num_warps=8,
+        )
     return terms, stats, lse_n, columns
 
 
 def _backward(
     grad_terms: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor],
     t1: Optional[torch.Tensor], t2: Optional[torch.Tensor], stats: torch.Tensor, lse_n: torch.Tensor,
-    columns: torch.Tensor, temperature: float, weights: list[float], wrap: Callable = _identity,
+    columns: torch.Tensor, temperature: float, weights: list[float], wrap: Callable = direct,
     counts: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dz1, dz2, dzn) in the inputs' dtypes; dzn is empty (0 x K) without samples.
@@ -520,20 +530,20 @@ def _backward(
     sinkhorn = t1 is not None
     plan = _Plan.make(batch, samples, clusters)
     dz1, dz2 = torch.empty_like(z1), torch.empty_like(z2)
-    dzn = z1.new_empty(0, clusters) if zn is None else torch.empty_like(_contiguous(zn))
-    zn_arg = z1 if zn is None else _contiguous(zn)
-    dzn_arg = dz1 if zn is None else dzn
-    lse_arg = stats if zn is None else lse_n
-    t1 = _contiguous(t1) if sinkhorn else z1
-    t2 = _contiguous(t2) if sinkhorn else z1
-    wrap(_bwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
-        z1, z2, zn_arg, t1, t2, stats, lse_arg, columns, grad_terms.contiguous(),
-        grad_terms if counts is None else counts, dz1, dz2, dzn_arg,
-        batch, samples, clusters, z1.stride(0), zn_arg.stride(0), t1.stride(0), 1.0 / temperature,
-        plan.view_programs, plan.rows_per_program, *weights,
-        SINKHORN=sinkhorn, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
-        GLOBAL_COUNTS=counts is not None, num_warps=plan.num_warps,
-    )
+    zn = _unused(z1) if zn is None else _contiguous(zn)
+    dzn = torch.empty_like(zn)
+    t1 = _contiguous(t1) if sinkhorn else _unused(z1)
+    t2 = _contiguous(t2) if sinkhorn else _unused(z1)
+    global_counts = counts is not None
+    counts = counts if global_counts else _unused(stats)
+    with on_device(z1):
+        wrap(_bwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
+            z1, z2, zn, t1, t2, stats, lse_n, columns, grad_terms.contiguous(), counts, dz1, dz2, dzn,
+            batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
+            plan.view_programs, plan.rows_per_program, *weights,
+            SINKHORN=sinkhorn, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
+            GLOBAL_COUNTS=global_counts, num_warps=plan.bwd_num_warps,
+        )
     return dz1, dz2, dzn
 
 

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from gedi_fast import reference
+from gedi_fast.kernels.launching import direct, on_device
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -49,7 +50,8 @@ _ROW = tl.constexpr(2)
 # one program, elements per register tile, column chunk for wider K, row groups per row pass.
 _WHOLE_ROW_MAX_COLS = 4096
 _SINGLE_LAUNCH_MAX_NUMEL = 1 << 18  # 1024 x 100 and 64 x 3000 stay single-launch
-_TILE_NUMEL = 8192
+_TILE_NUMEL = 4096
+_ELEMENTS_PER_THREAD = 8  # of one tile (benchmarks/SM90.md: registers well below the cap, no spills)
 _CHUNK_COLS = 512
 _CHUNK_ROWS = 16
 _TARGET_GROUPS = 256
@@ -291,17 +293,20 @@ def _choose_config(n_rows: int, n_cols: int, multi_pass: bool) -> _Config:
     else:
         block_k, block_b, single = _CHUNK_COLS, min(_CHUNK_ROWS, triton.next_power_of_2(n_rows)), False
         group = block_b
-    return _Config(single, block_b, block_k, group, 8 if block_b * block_k >= 4096 else 4)
-
-
-def _identity(kernel: Callable) -> Callable:
-    return kernel
+    return _Config(single, block_b, block_k, group, max(4, min(16, block_b * block_k // (32 * _ELEMENTS_PER_THREAD))))
 
 
 def _run(scores: torch.Tensor, eps: float, iters: int,
          reduce_columns: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
          wrap: Callable, config: _Config | None = None) -> torch.Tensor:
-    """The launch sequence shared by the eager function (wrap = identity) and the op (wrap_triton)."""
+    """The launch sequence shared by the eager function (wrap = direct) and the op (wrap_triton)."""
+    with on_device(scores):
+        return _launch(scores, eps, iters, reduce_columns, wrap, config)
+
+
+def _launch(scores: torch.Tensor, eps: float, iters: int,
+            reduce_columns: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
+            wrap: Callable, config: _Config | None) -> torch.Tensor:
     assert scores.dim() == 2 and scores.dtype in (torch.float32, torch.float16, torch.bfloat16)
     assert eps > 0 and iters >= 1
     if scores.stride(1) != 1:
@@ -369,7 +374,7 @@ def sinkhorn_knopp(scores: torch.Tensor, eps: float, iters: int,
     M = all-reduce MAX of m, then L = all-reduce SUM of l * exp(m - M). A positive constant factor
     on L changes nothing. With a hook the multi-pass schedule always runs.
     """
-    return _run(scores, eps, iters, reduce_columns, _identity)
+    return _run(scores, eps, iters, reduce_columns, direct)
 
 
 @torch.library.triton_op("gedi_fast::sinkhorn_knopp_fused", mutates_args=())

@@ -25,6 +25,7 @@ from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 Z = torch.zeros(4, 3)
 X = torch.zeros(4)
+G = torch.zeros(4)  # a gradient of its own: x and grad must not share memory
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
@@ -109,12 +110,14 @@ LIBRARY = [
     ("x", ValueError, lambda: sgld_step_(torch.zeros(1, 4).expand(3, 4), torch.zeros(3, 4), 0.1, 0.0)),
     ("x", ValueError, lambda: sgld_step_(with_value(X, math.nan), X, 0.1, 0.0, check_finite=True)),
     ("grad", ValueError, lambda: sgld_step_(X.clone(), with_value(X, math.inf), 0.1, 0.0, check_finite=True)),
-    ("step_size", ValueError, lambda: sgld_step_(X, X, math.nan, 0.0)),
-    ("noise_std", ValueError, lambda: sgld_step_(X, X, 0.1, -1.0)),
-    ("seed", ValueError, lambda: sgld_step_(X, X, 0.1, 0.0, seed=-1)),
-    ("offset", ValueError, lambda: sgld_step_(X, X, 0.1, 0.0, offset=-1)),
-    ("offset", ValueError, lambda: sgld_step_(X, X, 0.1, 0.0, offset=torch.tensor(1, device="meta"))),
-    ("clamp", ValueError, lambda: sgld_step_(X, X, 0.1, 0.0, clamp=(1.0, -1.0))),
+    ("step_size", ValueError, lambda: sgld_step_(X, G, math.nan, 0.0)),
+    ("noise_std", ValueError, lambda: sgld_step_(X, G, 0.1, -1.0)),
+    ("seed", ValueError, lambda: sgld_step_(X, G, 0.1, 0.0, seed=-1)),
+    ("offset", ValueError, lambda: sgld_step_(X, G, 0.1, 0.0, offset=-1)),
+    ("offset", ValueError, lambda: sgld_step_(X, G, 0.1, 0.0, offset=torch.tensor(1, device="meta"))),
+    ("clamp", ValueError, lambda: sgld_step_(X, G, 0.1, 0.0, clamp=(1.0, -1.0))),
+    ("grad", ValueError, lambda: sgld_step_(X, X, 0.1, 0.0)),
+    ("grad", ValueError, lambda: sgld_step_(Z[:2], Z[1:3], 0.1, 0.0)),
     # buffer_draw(buffer, indices, ...).
     ("buffer", TypeError, lambda: buffer_draw(Z.int(), torch.zeros(2, dtype=torch.int64))),
     ("buffer", ValueError, lambda: buffer_draw(torch.zeros(0, 3), torch.zeros(2, dtype=torch.int64))),

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import pathlib
 import shutil
 import subprocess
 import sys
-import sysconfig
 
 import pytest
 import torch
@@ -73,19 +71,14 @@ def cuda_sources() -> list[pathlib.Path]:
 @pytest.mark.nvcc
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 @pytest.mark.parametrize("source", cuda_sources(), ids=lambda p: p.name)
-def test_cuda_source_compiles_for_sm90(source, tmp_path):
-    from torch.utils.cpp_extension import include_paths
+def test_cuda_source_compiles_for_sm90_without_spills(source, tmp_path):
+    from benchmarks.sm90 import nvcc_resource_usage
 
-    setup = load_setup_module()
-    includes = [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
-    command = [
-        "nvcc", "-std=c++20", "-arch=sm_90", "-c", str(source), "-o", str(tmp_path / "out.o"),
-        "-DGEDI_FAST_WITH_CUDA", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-Xcudafe", "--diag_suppress=3306",
-        *setup.NVCC_FLAGS, *includes,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"CCACHE_DISABLE": "1"})
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert (tmp_path / "out.o").stat().st_size > 0
+    functions = nvcc_resource_usage(source, tmp_path, load_setup_module().NVCC_FLAGS)
+    assert (tmp_path / f"{source.stem}.o").stat().st_size > 0
+    assert {fn.name.split("<")[0] for fn in functions} >= {"gedi_fast::sgld_step_kernel", "gedi_fast::buffer_draw_kernel"}
+    for fn in functions:
+        assert fn.spill_store_bytes == fn.spill_load_bytes == 0, fn
 
 
 def test_there_is_cuda_source_to_check():

@@ -12,6 +12,7 @@ import torch
 
 from gedi_fast import SGLDConfig, SGLDSampler
 from gedi_fast.models import MLPClusterer, SmallResNet
+from gedi_fast.precision import tf32_switches
 from gedi_fast.trainer import GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.gpu
@@ -22,10 +23,8 @@ SMALL = dict(steps=6, batch_size=64, hidden=32, sgld_steps=5, buffer_size=256, l
 
 @pytest.fixture(autouse=True)
 def strict_fp32():
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    with tf32_switches(False):
+        yield
 
 
 def model_and_shape(kind: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
@@ -140,3 +139,16 @@ def test_compiled_step_equals_eager_step(tmp_path):
         close(compiled.train_step()["loss"], eager.train_step()["loss"], tol=1e-3)
     history = compiled.train()  # through the loop: values read at log steps only
     assert [h["step"] for h in history] == [6] and math.isfinite(history[0]["loss"])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_graphed_chain_on_a_second_gpu_advances_and_equals_eager():
+    torch.manual_seed(0)
+    model = MLPClusterer(2, 3, hidden=64).to("cuda:1")
+    eager = SGLDSampler((2,), CONFIG, seed=3, device="cuda:1", graph=False)
+    graphed = SGLDSampler((2,), CONFIG, seed=3, device="cuda:1", graph=True)
+    with torch.cuda.device(0):
+        for _ in range(3):
+            close(graphed.sample(model, 32), eager.sample(model, 32))
+    assert graphed.calls == eager.calls == 3
+    close(graphed.buffer, eager.buffer)

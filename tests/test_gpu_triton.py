@@ -111,16 +111,41 @@ def test_gedi_loss_is_deterministic():
     assert torch.equal(first[0], second[0]) and all(torch.equal(a, b) for a, b in zip(first[2], second[2]))
 
 
+@pytest.mark.parametrize("compiler", ["inductor", "aot_eager"])
+@pytest.mark.parametrize("samples", [0, 32])  # without samples two written arguments once shared a tensor
 @pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
-def test_compile_fullgraph_parity(assignment):
+def test_compile_fullgraph_parity(assignment, samples, compiler):
     loss_fn = GEDILoss(assignment=assignment, backend="triton", **WEIGHTS)
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    z1, z2, zn = (torch.randn(n, 100, device="cuda") for n in (256, 256, 32))
+    compiled = torch.compile(loss_fn, fullgraph=True, backend=compiler)
+    z1, z2 = (torch.randn(256, 100, device="cuda") for _ in range(2))
+    zn = torch.randn(samples, 100, device="cuda") if samples else None
     eager = run(loss_fn, z1, z2, zn)
     traced = run(compiled, z1, z2, zn)
     torch.testing.assert_close(traced[0], eager[0], rtol=1e-6, atol=1e-6)
+    for name, value in eager[1].items():
+        torch.testing.assert_close(traced[1][name], value, rtol=1e-6, atol=1e-6, equal_nan=True)
     for a, b in zip(traced[2], eager[2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("compiler", ["inductor", "aot_eager"])
+@pytest.mark.parametrize("batch,clusters", [(256, 10), (4096, 3000)])  # single launch, multi-pass
+def test_sinkhorn_compile_fullgraph_parity(compiler, batch, clusters):
+    scores = torch.randn(batch, clusters, device="cuda")
+    compiled = torch.compile(lambda s: sinkhorn_knopp(s, 0.05, 3, backend="triton"), fullgraph=True, backend=compiler)
+    torch.testing.assert_close(compiled(scores), sinkhorn_knopp(scores, 0.05, 3, backend="triton"), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_kernels_run_on_their_tensors_device_not_the_current_one():
+    z1, z2, zn = (torch.randn(n, 37, device="cuda:1") for n in (64, 64, 8))
+    with torch.cuda.device(0):
+        loss, terms, grads = run(GEDILoss(backend="triton", **WEIGHTS), z1, z2, zn)
+        q = sinkhorn_knopp(z1, 0.05, 3, backend="triton")
+    want = run(GEDILoss(backend="torch", **WEIGHTS), z1.double(), z2.double(), zn.double())
+    torch.testing.assert_close(loss.double(), want[0], rtol=1e-4, atol=1e-5)
+    assert q.device == z1.device and all(g.device == z1.device for g in grads)
+    torch.testing.assert_close(q.double(), reference.sinkhorn_knopp(z1.double(), 0.05, 3), rtol=1e-4, atol=1e-6)
 
 
 def test_opcheck_on_cuda():

@@ -131,3 +131,21 @@ def test_triton_backend_on_cpu_tensors_is_a_clear_error():
 def test_triton_backend_refuses_float64():
     with pytest.raises(RuntimeError, match="float64 inputs need backend='torch'"):
         GEDILoss(backend="triton")(GOOD.double(), GOOD.double())
+
+
+def test_forward_decides_nothing_at_call_time(gen, monkeypatch):
+    """Whether triton is installed is decided at import: torch 2.11's Dynamo cannot trace importlib
+    or os.environ in the loss's forward (a graph break under fullgraph=True)."""
+    import importlib.util
+
+    import gedi_fast
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("importlib.util.find_spec called on the hot path")
+
+    monkeypatch.setattr(importlib.util, "find_spec", refuse)
+    monkeypatch.setattr(os.environ, "get", refuse)
+    z = torch.randn(6, 4, generator=gen)
+    for backend in ("auto", "torch"):
+        GEDILoss(assignment="sinkhorn", backend=backend)(z, z.flip(0), z[:2])
+        gedi_fast.sinkhorn_knopp(z, backend=backend)

@@ -2,6 +2,8 @@
 draws exactly the documented counter stream (the CPU lane of the graphed chain: tests/test_gpu_graphs.py)."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -176,3 +178,68 @@ def test_autocast_steps_take_the_gradient_at_the_current_samples():
         x = cached.sample(model, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
         assert torch.equal(x, uncached.sample(model, 4))
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda in the sampler's capture path and records which device each step used."""
+
+    def __init__(self) -> None:
+        self.current = "the caller's device"
+        self.events: list[tuple] = []
+        fake = self
+
+        class Stream:
+            def __init__(self, device=None) -> None:
+                self.device = device
+                fake.events.append(("stream", device))
+
+            def wait_stream(self, other) -> None:
+                pass
+
+        class CUDAGraph:
+            def replay(self) -> None:
+                fake.events.append(("replay", fake.current))
+
+        self.Stream, self.CUDAGraph = Stream, CUDAGraph
+
+    def is_current_stream_capturing(self) -> bool:
+        return False
+
+    def current_stream(self, device=None):
+        return self.Stream(device)
+
+    @contextlib.contextmanager
+    def device(self, device):
+        saved, self.current = self.current, device
+        try:
+            yield
+        finally:
+            self.current = saved
+
+    @contextlib.contextmanager
+    def stream(self, stream):
+        yield
+
+    @contextlib.contextmanager
+    def graph(self, graph, stream=None, **kwargs):
+        self.events.append(("capture", None if stream is None else stream.device, self.current))
+        yield
+
+
+def test_graph_capture_and_replay_run_on_the_buffers_device(monkeypatch):
+    """With the buffer on cuda:1 and cuda:0 current, capture must use a stream of cuda:1 with cuda:1
+    current (torch.cuda.graph's default stream belongs to whichever device was current first)."""
+    fake = _FakeCuda()
+    monkeypatch.setattr(torch, "cuda", fake)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None)
+    model = MLPClusterer(2, 3, hidden=8)
+    sampler = SGLDSampler((2,), SGLDConfig(steps=2, buffer_size=16), seed=1, graph=False)
+    sampler.graphed = True  # the CUDA path, driven through the fake
+    device = sampler.buffer.device
+    sampler.sample(model, 4)
+    sampler.sample(model, 4)
+    streams = [e[1] for e in fake.events if e[0] == "stream"]
+    assert streams and all(d == device for d in streams)
+    assert [e for e in fake.events if e[0] == "capture"] == [("capture", device, device)]
+    assert [e for e in fake.events if e[0] == "replay"] == [("replay", device)]
+    assert fake.current == "the caller's device"

@@ -180,6 +180,22 @@ def test_raw_op_checks_its_arguments():
         torch.ops.gedi_fast.sgld_step_(torch.zeros(4, 4).t(), torch.zeros(4, 4), 1.0, 0.0, 0, 0)
     with pytest.raises(RuntimeError, match="device_offset must be a one-element int64"):
         torch.ops.gedi_fast.sgld_step_(torch.zeros(4), torch.zeros(4), 1.0, 0.0, 0, 0, torch.zeros(2))
+    shared = torch.zeros(3, 4)
+    with pytest.raises(RuntimeError, match="grad must not share memory with x"):
+        torch.ops.gedi_fast.sgld_step_(shared, shared, 1.0, 0.0, 0, 0)
+    with pytest.raises(RuntimeError, match="grad must not share memory with x"):
+        torch.ops.gedi_fast.sgld_step_(shared.view(-1)[:8], shared.view(-1)[4:], 1.0, 0.0, 0, 0)
+
+
+def test_grad_sharing_memory_with_x_is_refused_and_neighbours_are_not():
+    shared = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="grad must not share memory with x"):
+        sgld_step_(shared, shared, 0.1, 0.0)
+    with pytest.raises(ValueError, match="grad must not share memory with x"):
+        sgld_step_(shared[:2], shared[1:], 0.1, 0.0)  # rows 1 overlap
+    whole = torch.ones(2, 4)
+    sgld_step_(whole[0], whole[1], 0.5, 0.0)  # one storage, disjoint rows: fine
+    assert whole[0].tolist() == [0.5] * 4
 
 
 # --- the replay-buffer draw ---------------------------------------------------------------------

@@ -120,16 +120,13 @@ def test_the_chain_draws_sgld_samples_negatives_per_step(tmp_path):
 
 
 def test_speed_switches_are_checked_and_leave_the_cpu_alone(tmp_path):
-    from gedi_fast.trainer import tf32_switches
+    from gedi_fast.precision import tf32_state
 
     for name in ("cuda_graph", "tf32", "compile_step"):
         with pytest.raises(TypeError, match=f"{name} must be True or False"):
             TrainConfig(**{name: "yes"})
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    with tf32_switches(not flags[0]):
-        assert torch.backends.cuda.matmul.allow_tf32 == torch.backends.cudnn.allow_tf32 == (not flags[0])
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+    before = tf32_state(), torch.get_float32_matmul_precision()
     trainer = GEDITrainer(TrainConfig(**SMALL), tmp_path)
     assert not trainer.sampler.graphed  # CUDA graphs on CUDA only: the CPU chain runs eagerly
     trainer.train_step()
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+    assert (tf32_state(), torch.get_float32_matmul_precision()) == before

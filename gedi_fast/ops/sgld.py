@@ -15,6 +15,7 @@ from gedi_fast import _extension  # noqa: F401  (registers torch.ops.gedi_fast)
 from gedi_fast.validation import (
     SAMPLE_DTYPES,
     require_bool,
+    require_disjoint,
     require_dtype,
     require_finite,
     require_int,
@@ -95,6 +96,7 @@ def sgld_step_(
         raise ValueError(f"grad must have x's shape {tuple(x.shape)}, got {tuple(grad.shape)}")
     require_same_device(grad, "grad", x, "x")
     require_no_overlap(x, "x")
+    require_disjoint(grad, "grad", x, "x")
     if require_bool(check_finite, "check_finite"):
         require_finite(x, "x")
         require_finite(grad, "grad")

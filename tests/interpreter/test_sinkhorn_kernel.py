@@ -18,7 +18,7 @@ import torch
 import triton
 
 from gedi_fast import reference
-from gedi_fast.kernels import sinkhorn
+from gedi_fast.kernels import launching, sinkhorn
 
 ATOL = 1e-5
 SCHEDULES = ("single", "multi")  # the launcher's own configurations, forced to one path
@@ -39,7 +39,7 @@ def _config(schedule: str, n_rows: int, n_cols: int) -> sinkhorn._Config:
 
 
 def _run(scores: torch.Tensor, eps: float, iters: int, schedule: str, reduce_columns=None) -> torch.Tensor:
-    return sinkhorn._run(scores, eps, iters, reduce_columns, sinkhorn._identity, _config(schedule, *scores.shape))
+    return sinkhorn._run(scores, eps, iters, reduce_columns, launching.direct, _config(schedule, *scores.shape))
 
 
 def _uniform(gen: torch.Generator, n_rows: int, n_cols: int, scale: float) -> torch.Tensor:
@@ -141,7 +141,7 @@ def test_schedules_agree_with_many_blocks_and_chunks(gen):
     scores = _uniform(gen, 37, 300, 1.0)
     single = sinkhorn.sinkhorn_knopp(scores, 0.05, 3)
     assert sinkhorn._choose_config(37, 300, multi_pass=False).single_launch
-    multi = sinkhorn._run(scores, 0.05, 3, None, sinkhorn._identity, sinkhorn._Config(False, 8, 64, 8, 4))
+    multi = sinkhorn._run(scores, 0.05, 3, None, launching.direct, sinkhorn._Config(False, 8, 64, 8, 4))
     torch.testing.assert_close(multi, single, atol=1e-6, rtol=0)
     torch.testing.assert_close(multi.double(), reference.sinkhorn_knopp(scores.double(), 0.05, 3), atol=ATOL, rtol=0)
 
@@ -169,7 +169,7 @@ def test_hook_called_once_per_cluster_step_and_identity_changes_nothing(gen, ite
 
     hooked = sinkhorn.sinkhorn_knopp(scores, 0.05, iters, reduce_columns=hook)
     assert calls == [(torch.float32, torch.float32, (10,), (10,), True)] * iters
-    plain = sinkhorn._run(scores, 0.05, iters, None, sinkhorn._identity,
+    plain = sinkhorn._run(scores, 0.05, iters, None, launching.direct,
                           sinkhorn._choose_config(16, 10, multi_pass=True))
     assert torch.equal(hooked, plain)
 
@@ -206,7 +206,7 @@ def _two_ranks_in_lockstep(halves: list[torch.Tensor], eps: float, iters: int,
 
         with lock:
             try:
-                outs[r] = sinkhorn._run(halves[r], eps, iters, all_reduce, sinkhorn._identity, config)
+                outs[r] = sinkhorn._run(halves[r], eps, iters, all_reduce, launching.direct, config)
             except BaseException as exc:
                 errors.append(exc)
                 lock.notify_all()
