@@ -13,7 +13,9 @@ usage included); tests/test_sm90_lane.py fails on a build error, an import error
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
 import math
 import os
 import pathlib
@@ -49,7 +51,7 @@ SM_BLOCKS = 32
 SM_SHARED = 228 * 1024
 MAX_THREAD_REGISTERS = 255
 RESOURCE_LINE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
-PTXAS_FUNCTION = re.compile(r"Compiling entry function '(\w+)' for 'sm_90'")
+PTXAS_FUNCTION = re.compile(r"Compiling entry function '(\w+)' for 'sm_90a?'")
 PTXAS_USAGE = re.compile(r"Used (\d+) registers")
 PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
@@ -175,14 +177,13 @@ class Resources:
 
     registers: int
     stack_bytes: int
-    local_bytes: int
+    spill_bytes: int  # spill stores + spill loads, per thread (ptxas)
     shared_bytes: int
     num_warps: int
 
     @property
     def spills(self) -> bool:
-        """Local memory or a stack frame: Triton kernels have neither unless ptxas spilled registers."""
-        return self.local_bytes > 0 or self.stack_bytes > 0
+        return self.spill_bytes > 0
 
     @property
     def register_cap(self) -> int:
@@ -217,15 +218,26 @@ def _cuobjdump() -> str:
 
 
 def build(spec: Specialisation) -> Resources:
-    """Compile for sm_90 and read the cubin's resource usage."""
-    compiled = triton.compile(ASTSource(spec.kernel, spec.signature, spec.constexprs, spec.attrs),
-                              target=HOPPER, options=spec.options)
+    """Compile for sm_90 (never from triton's cache, so ptxas runs and reports) and read its report:
+    registers, stack frame and spills from ptxas's own log, static shared memory from the cubin."""
+    knobs = triton.knobs
+    saved = knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log
+    knobs.compilation.always_compile = knobs.nvidia.dump_ptxas_log = True
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(ASTSource(spec.kernel, spec.signature, spec.constexprs, spec.attrs),
+                                      target=HOPPER, options=spec.options)
+    finally:
+        knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = saved
+    stack, stores, loads = map(int, PTXAS_SPILLS.search(log.getvalue()).groups())
+    registers = int(PTXAS_USAGE.search(log.getvalue()).group(1))
     with tempfile.TemporaryDirectory() as folder:
         cubin = pathlib.Path(folder) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
         usage = subprocess.run([_cuobjdump(), "-res-usage", str(cubin)], capture_output=True, text=True, check=True)
-    registers, stack, static_shared, local = map(int, RESOURCE_LINE.search(usage.stdout).groups())
-    return Resources(registers, stack, local, static_shared + compiled.metadata.shared, spec.num_warps)
+    static_shared = int(RESOURCE_LINE.search(usage.stdout).group(3))
+    return Resources(registers, stack, stores + loads, static_shared + compiled.metadata.shared, spec.num_warps)
 
 
 def inductor_source(kernel: triton.JITFunction) -> str:
@@ -341,20 +353,21 @@ def _constexpr_text(spec: Specialisation) -> str:
 
 NOTES = """\
 Registers per thread and the cap ptxas must keep under at that block size (65536 / threads, at most
-255); stack/local bytes are non-zero only where ptxas spilled (the lane fails then); shared bytes
-count static, dynamic and the 1 KiB the driver reserves per block; blocks/SM and occupancy (resident
-warps of the 64 an SM holds) follow from those by the CUDA occupancy rules. Problems: B x K, logits
-dtype, assignment, M SGLD samples, ddp = the distributed variant.
+255); stack frame and spill bytes (stores + loads) per thread from ptxas's report (the lane fails on
+any spill); shared bytes count static, dynamic and the 1 KiB the driver reserves per block;
+blocks/SM and occupancy (resident warps of the 64 an SM holds) follow from those by the CUDA
+occupancy rules. Problems: B x K, logits dtype, assignment, M SGLD samples, ddp = the distributed variant.
 
-The one build at its cap is the GEDI backward with Sinkhorn targets for 2048 < K <= 4096 (64 of 64 at
-32 warps, no spill). It stays: at 16 warps the same tile spills 8-24 bytes per thread, and the
-chunked schedule that would free registers reads the four B x K inputs twice; this kernel is bound
-by memory traffic, so one read with the registers exactly used is the cheaper side."""
+The builds allowed at their cap are the GEDI backward for 2048 < K <= 4096 (one 4096-wide tile per
+row, 32 warps, 64 of 64 registers and no spill: with Sinkhorn targets on triton 3.9, with both
+assignments on triton 3.6). They stay: at 16 warps the same tile spills 8-24 bytes per thread, and
+the chunked schedule that would free registers reads the B x K inputs twice; this kernel is bound by
+memory traffic, so one read with the registers exactly used is the cheaper side."""
 
 
 def markdown(rows: list[tuple[Row, Resources]], cuda: list[CudaFunction], heading: str) -> str:
     lines = [heading, "", NOTES, "",
-             "| kernel | constexprs | logits | warps | regs (cap) | stack/local B | shared B | blocks/SM (limit) | occupancy | problems |",
+             "| kernel | constexprs | logits | warps | regs (cap) | stack/spill B | shared B | blocks/SM (limit) | occupancy | problems |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row, res in rows:
         blocks, limiter = res.blocks_per_sm()
@@ -363,13 +376,13 @@ def markdown(rows: list[tuple[Row, Resources]], cuda: list[CudaFunction], headin
         problems = "; ".join(row.labels[:3]) + (f"; +{len(row.labels) - 3} more" if len(row.labels) > 3 else "")
         lines.append(f"| {row.spec.kernel.fn.__module__.rsplit('.', 1)[-1]}.{row.spec.kernel.__name__} | "
                      f"{_constexpr_text(row.spec)} | {pointer} | {res.num_warps} | {cap} | "
-                     f"{res.stack_bytes}/{res.local_bytes} | {res.shared_bytes} | {blocks} ({limiter}) | "
+                     f"{res.stack_bytes}/{res.spill_bytes} | {res.shared_bytes} | {blocks} ({limiter}) | "
                      f"{res.occupancy:.0%} | {problems} |")
     if cuda:
         lines += ["", "CUDA C++ kernels (csrc/*.cu, nvcc -arch=sm_90 -res-usage; 256 threads per block):", "",
                   "| kernel | regs | stack B | spill stores/loads B | blocks/SM (limit) | occupancy |", "|---|---|---|---|---|---|"]
         for fn in cuda:
-            res = Resources(fn.registers, fn.stack_bytes, fn.spill_store_bytes, 0, 8)
+            res = Resources(fn.registers, fn.stack_bytes, fn.spill_store_bytes + fn.spill_load_bytes, 0, 8)
             blocks, limiter = res.blocks_per_sm()
             lines.append(f"| {fn.name} | {fn.registers} | {fn.stack_bytes} | {fn.spill_store_bytes}/{fn.spill_load_bytes} | "
                          f"{blocks} ({limiter}) | {res.occupancy:.0%} |")

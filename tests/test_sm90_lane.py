@@ -38,15 +38,15 @@ def test_every_launcher_configuration_is_covered():
 @pytest.mark.parametrize("name", [row.name for row in ROWS])
 def test_build_has_no_spills(resources, name):
     res = resources[name]
-    assert not res.spills, f"{name}: {res.stack_bytes} B stack, {res.local_bytes} B local memory per thread"
+    assert not res.spills, f"{name}: {res.spill_bytes} B of spill stores and loads per thread"
     assert res.registers <= res.register_cap
     assert res.blocks_per_sm()[0] >= 1
 
 
-def test_only_the_argued_build_sits_at_the_register_cap(resources):
+def test_only_the_argued_builds_sit_at_the_register_cap(resources):
     at_cap = {name for name, res in resources.items() if res.at_register_cap}
     argued = {row.name for row in ROWS if row.spec.kernel.__name__ == "_bwd_rows_kernel"
-              and row.spec.constexpr_values()["SINKHORN"] and row.spec.constexpr_values()["BLOCK_K"] == 4096}
+              and row.spec.constexpr_values()["BLOCK_K"] == 4096}
     assert at_cap <= argued, f"new builds at the register cap: {sorted(at_cap - argued)} (see benchmarks/SM90.md)"
 
 
