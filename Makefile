@@ -6,16 +6,21 @@ BENCH_OUT ?= .benchmarks/latest
 BUILD_STAMP := .build-stamp
 BUILD_INPUTS := setup.py pyproject.toml $(wildcard csrc/*)
 
-.PHONY: install test bench demo gpu-check clean
+.PHONY: install test bench demo gpu-check compat clean
 
-install: $(BUILD_STAMP)
-
-# Dependencies (torch only when it is not importable) and an editable build of gedi_fast._C.
-$(BUILD_STAMP): $(BUILD_INPUTS)
+# Dependencies (torch only when it is not importable) and an editable build of gedi_fast._C, redone
+# when the build inputs' contents, the interpreter or torch changed, or the extension does not import.
+# The stamp holds a hash of those, not a time: a tarball or checkout gives files any times, and the
+# stamp is never committed.
+install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q "setuptools>=70.1" wheel ninja
-	$(PIP) install -q --no-build-isolation -e ".[dev]"
-	@touch $@
+	@want="$$(cat $(BUILD_INPUTS) | sha256sum | cut -c1-32) $$($(PYTHON) -c 'import sys, torch; print(sys.executable, torch.__version__)')"; \
+	if [ "$$(cat $(BUILD_STAMP) 2>/dev/null)" = "$$want" ] && $(PYTHON) -c "import gedi_fast._C" 2>/dev/null; then \
+	  echo "gedi_fast is built and current"; \
+	else \
+	  $(PIP) install -q "setuptools>=70.1" wheel ninja && \
+	  $(PIP) install -q --no-build-isolation -e ".[dev]" && echo "$$want" > $(BUILD_STAMP); \
+	fi
 
 # The CPU suite, then the Triton interpreter lane in its own process (TRITON_INTERPRET=1 before triton's import).
 test: install
@@ -37,6 +42,10 @@ demo: install
 # On a CUDA machine: build with CUDA kernels, GPU lane, suite, benchmarks; results under $(OUT).
 gpu-check:
 	OUT=$(OUT) PYTHON=$(PYTHON) bash .ci/gpu-check
+
+# The GPU machine's torch 2.11 / triton 3.6 in .venv-compat (about 5 GB, not in CI): build, sm_90 lane, interpreter lane.
+compat:
+	bash .ci/compat
 
 clean:
 	rm -rf build *.egg-info gedi_fast/_C*.so $(BUILD_STAMP) .pytest_cache .benchmarks

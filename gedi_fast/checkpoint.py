@@ -87,7 +87,15 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated: {err}") from err
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} must hold a dict, got {type(state).__name__}")
+        raise CheckpointError(f"{path} is not a gedi_fast checkpoint: it holds a {type(state).__name__}, not a dict")
+    return state
+
+
+def require_keys(state: dict, keys: tuple[str, ...], path: str | os.PathLike) -> dict:
+    """state, when it holds every key a gedi_fast training checkpoint has; else CheckpointError naming the file."""
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a gedi_fast training checkpoint: it has no {', '.join(map(repr, missing))}")
     return state
 
 
@@ -119,7 +127,8 @@ def _verified_payload(path: pathlib.Path, raise_errors: bool) -> bytes | None:
     if not data.startswith(MAGIC):
         if data.startswith(b"PK"):  # a checkpoint written before the header existed (torch's zip format)
             return data
-        problem = "is not a gedi_fast checkpoint (bad header)" if len(data) >= len(MAGIC) else "is truncated"
+        truncated = len(data) < len(MAGIC) and MAGIC.startswith(data)
+        problem = "is truncated" if truncated else "is not a gedi_fast checkpoint (it does not start with one's header)"
     elif len(data) < _HEADER.size:
         problem = f"is truncated: {len(data)} bytes, shorter than its header"
     else:

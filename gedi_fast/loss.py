@@ -118,6 +118,7 @@ class GEDILoss(torch.nn.Module):
         return values["loss"], terms
 
     def extra_repr(self) -> str:
-        weights = ", ".join(f"{name}_weight={w:g}" for name, w in self.weights.items())
+        # Named as the constructor's arguments: gen_weight, inv_weight, prior_weight, energy_reg.
+        weights = ", ".join(f"{name if name == 'energy_reg' else name + '_weight'}={w:g}" for name, w in self.weights.items())
         return (f"temperature={self.temperature:g}, {weights}, assignment={self.assignment!r}, "
                 f"backend={self.backend!r}, distributed={self.distributed!r}")

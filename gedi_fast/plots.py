@@ -4,9 +4,11 @@ from __future__ import annotations
 import pathlib
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import torch  # noqa: E402
 
 TERMS = ("loss", "gen", "inv", "prior", "energy_reg")
@@ -32,7 +34,12 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
         ax.scatter(*dataset.test_x.T, c=predicted, s=6, cmap="tab10", vmin=0, vmax=max(trainer.clusters - 1, 1))
         ax.set_title("test points by cluster, decision regions")
     else:
-        ax.hist2d(dataset.test_y.numpy(), predicted.numpy(), bins=(dataset.num_classes, trainer.clusters), cmap="Blues")
+        counts = torch.zeros(dataset.num_classes, trainer.clusters, dtype=torch.int64)
+        counts.index_put_((dataset.test_y, predicted), torch.ones_like(predicted), accumulate=True)
+        shown = ax.imshow(counts.T.numpy(), origin="lower", aspect="auto", cmap="Blues")  # one cell per (class, cluster)
+        fig.colorbar(shown, ax=ax, label="test points")
+        _integer_ticks(ax.xaxis, dataset.num_classes)
+        _integer_ticks(ax.yaxis, trainer.clusters)
         ax.set_xlabel("class")
         ax.set_ylabel("cluster")
         ax.set_title("classes vs clusters (test)")
@@ -45,10 +52,8 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
             ax.scatter(*dataset.train_x.T, s=3, c="lightgray", label="data")
             ax.scatter(*samples.T, s=4, c="crimson", label="SGLD buffer")
             ax.legend(loc="best")
-        elif dataset.kind == "image":
-            tiles = ((samples[:64] + 1) / 2).clamp(0, 1)
-            rows = [torch.cat(list(tiles[i : i + 8].permute(0, 2, 3, 1)), 1) for i in range(0, len(tiles), 8)]
-            ax.imshow(torch.cat(rows, 0).squeeze(-1).numpy(), cmap="gray")
+        elif dataset.kind == "image" or dataset.pixels is not None:
+            ax.imshow(_image_grid(samples[:64], dataset), cmap="gray")
             ax.axis("off")
         else:
             ax.hist(samples.reshape(-1).numpy(), bins=50)
@@ -65,6 +70,8 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
             if event.get("event") == "rollback":
                 ax.axvline(event["diverged_at"], color="red", linewidth=0.8, linestyle=":")
         ax.set_yscale("symlog")
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("step")
         ax.legend(loc="best")
         ax.set_title("loss terms")
@@ -72,11 +79,37 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
 
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(range(trainer.clusters), torch.bincount(predicted, minlength=trainer.clusters).numpy())
+    _integer_ticks(ax.xaxis, trainer.clusters)
     ax.set_xlabel("cluster")
     ax.set_ylabel("test points")
     ax.set_title("cluster sizes")
     written.append(_save(fig, folder / "cluster_sizes.png"))
     return written
+
+
+def _integer_ticks(axis, count: int) -> None:
+    """Ticks on whole ids only: every id up to 20, otherwise whole numbers matplotlib picks."""
+    if count <= 20:
+        axis.set_ticks(range(count))
+    else:
+        axis.set_major_locator(ticker.MaxNLocator(integer=True))
+
+
+def _image_grid(samples: torch.Tensor, dataset) -> np.ndarray:
+    """Up to 64 samples as one grey image of 8 per row, each tile scaled to its own min..max
+    (standardised vector pixels have no fixed range; images live in [-1, 1] but SGLD may leave it)."""
+    if dataset.kind == "image":
+        tiles = samples.float().mean(1)  # N x H x W: channels averaged to grey
+    else:
+        tiles = samples.float().reshape(-1, *dataset.pixels)
+    low = tiles.amin((1, 2), keepdim=True)
+    tiles = (tiles - low) / (tiles.amax((1, 2), keepdim=True) - low).clamp_min(1e-8)
+    tiles = torch.nn.functional.pad(tiles, (1, 1, 1, 1), value=1.0)  # a white frame around each
+    per_row = 8
+    blank = per_row - len(tiles) % per_row if len(tiles) % per_row else 0
+    tiles = torch.cat([tiles, torch.ones(blank, *tiles.shape[1:])])
+    rows = [torch.cat(list(tiles[i:i + per_row]), 1) for i in range(0, len(tiles), per_row)]
+    return torch.cat(rows, 0).numpy()
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import datetime
 import json
 import math
 import pathlib
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -120,6 +122,11 @@ class TrainConfig:
             require_choice(self.augmentation, "augmentation", AUGMENTATIONS)
 
 
+# What a checkpoint holds (state_dict) and which config fields a resumed run may change: how long it
+# trains and how it logs and checkpoints, never what it computes.
+LOGGED_TERMS = ("gen", "inv", "prior", "energy_reg")
+STATE_KEYS = ("config", "step", "model", "optimiser", "samplers", "generator", "torch_rng", "history")
+RESUME_CHANGEABLE = ("steps", "log_every", "checkpoint_every", "max_retries", "max_energy", "device", "compile_step")
 # Langevin step and noise per kind of data when the config leaves them None.
 SGLD_DEFAULTS = {"vector": (0.01, 0.1), "image": (1.0, 0.01)}
 AUGMENTATIONS = ("jitter", "rotation", "image")
@@ -235,10 +242,12 @@ class GEDITrainer:
         zn = logits[2 * rows:] if samples is not None else None
         return self.loss_fn(logits[:rows], logits[rows:2 * rows], zn, return_terms=True)
 
-    def train(self, until: int | None = None, progress: bool = False) -> list[dict]:
+    def train(self, until: int | None = None, progress: bool = False, log_lines: bool = False) -> list[dict]:
         """Train to step `until` (default config.steps), logging and checkpointing on the way.
 
-        progress=True shows a tqdm bar (the CLI asks for one only on a terminal), on rank 0 only. Under
+        progress=True shows a tqdm bar with the latest loss (the CLI asks for one on a terminal);
+        log_lines=True prints a line per log step to stderr instead (step, terms, samples/s, ETA: the
+        CLI's choice when stderr is a file or pipe, where a bar would stay silent). Rank 0 only. Under
         DDP every rank calls it with the same `until`. Logged terms are global (the loss is), and
         samples_per_s counts the global batch.
 
@@ -286,12 +295,22 @@ class GEDITrainer:
                     seen = (self.step - first) * self.world_size * self.config.batch_size
                     record["samples_per_s"] = seen / (time.perf_counter() - started)
                     self.history.append(record)
+                    if self.rank == 0:
+                        bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+                        if log_lines:
+                            print(self._log_line(record, until, started, first), file=sys.stderr, flush=True)
                 if save:
                     self.save()
                 good = self._snapshot()
         finally:
             bar.close()
         return self.history
+
+    def _log_line(self, record: dict, until: int, started: float, first: int) -> str:
+        per_step = (time.perf_counter() - started) / max(self.step - first, 1)
+        eta = datetime.timedelta(seconds=round(per_step * (until - self.step)))
+        terms = " ".join(f"{name}={record[name]:.4g}" for name in ("loss", *LOGGED_TERMS))
+        return f"step {self.step}/{until} {terms} {record['samples_per_s']:.0f} samples/s ETA {eta}"
 
     def _divergence(self, values: dict[str, torch.Tensor]) -> str | None:
         """Why the state after this step must not be kept, or None: a non-finite loss or parameter, or
@@ -431,16 +450,37 @@ class GEDITrainer:
         self.step, self.history = state["step"], state["history"]
         self.rollbacks = state.get("rollbacks", 0)  # checkpoints from before divergence recovery have none
 
+    @staticmethod
+    def saved_state(out: str | pathlib.Path) -> tuple[dict, TrainConfig]:
+        """(state, config) of the checkpoint in run folder `out` (the previous checkpoint, with a
+        warning, when the newest is missing, truncated or corrupt); CheckpointError for a file that
+        is not a gedi_fast training checkpoint."""
+        path = pathlib.Path(out) / CHECKPOINT_NAME
+        state = checkpoint.require_keys(checkpoint.load_latest(path), STATE_KEYS, path)
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved = state["config"]
+        if not isinstance(saved, dict) or not set(saved) <= fields:
+            unknown = sorted(set(saved) - fields) if isinstance(saved, dict) else type(saved).__name__
+            raise checkpoint.CheckpointError(f"{path} is not a gedi_fast training checkpoint: its config has {unknown}")
+        return state, TrainConfig(**saved)
+
     @classmethod
-    def resume(cls, out: str | pathlib.Path, dataset: Dataset | None = None) -> "GEDITrainer":
-        """A trainer continuing exactly where the checkpoint in `out` stopped (the previous checkpoint,
-        with a warning, when the newest is missing, truncated or corrupt)."""
-        state = checkpoint.load_latest(pathlib.Path(out) / CHECKPOINT_NAME)
-        trainer = cls(TrainConfig(**state["config"]), out, dataset)
+    def resume(cls, out: str | pathlib.Path, dataset: Dataset | None = None, **changes) -> "GEDITrainer":
+        """A trainer continuing exactly where the checkpoint in `out` stopped; `changes` replace
+        config fields that a continuation may change (RESUME_CHANGEABLE, e.g. steps to extend a run)."""
+        state, config = cls.saved_state(out)
+        fixed = sorted(set(changes) - set(RESUME_CHANGEABLE))
+        if fixed:
+            raise ValueError(f"a resumed run keeps its {', '.join(fixed)}; only {', '.join(RESUME_CHANGEABLE)} may change")
+        trainer = cls(dataclasses.replace(config, **changes), out, dataset)
         trainer.load_state_dict(state)
         return trainer
 
-    def write_metrics(self, scores: dict[str, float]) -> pathlib.Path:
+    def write_metrics(self, scores: dict[str, float], wall_s: float | None = None) -> pathlib.Path:
+        """metrics.json: held-out scores, the latest training throughput (samples/s, global batch),
+        the wall time of this process's training (wall_s, when given) and the config."""
+        logged = [h for h in self.history if "samples_per_s" in h]
+        speed = {"samples_per_s": logged[-1]["samples_per_s"] if logged else None, "train_wall_s": wall_s}
         path = self.out / "metrics.json"
-        path.write_text(json.dumps({**scores, "config": dataclasses.asdict(self.config)}, indent=2))
+        path.write_text(json.dumps({**scores, **speed, "config": dataclasses.asdict(self.config)}, indent=2))
         return path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import shutil
 import subprocess
@@ -97,3 +98,51 @@ def test_import_and_cpu_use_without_triton():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "True (4, 3) triton is not installed (pip install 'gedi-fast[triton]')"
+
+
+def test_no_build_stamp_is_committed():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert ".build-stamp" not in tracked
+
+
+STUB_PYTHON = """#!/usr/bin/env bash
+echo "$*" >> "$STUB_LOG"
+case "$*" in
+  *"import gedi_fast._C"*) exit "${STUB_IMPORT_RC:-0}" ;;
+  *"print(sys.executable"*) echo "stub-python 2.13.0" ;;
+esac
+exit 0
+"""
+
+
+def test_make_install_rebuilds_on_content_not_file_times(tmp_path):
+    """What a release tarball gets: files with arbitrary times. The install step compares a hash of the
+    build inputs' contents (and the interpreter and torch) with the stamp, and the extension's import."""
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    for name in ("Makefile", "setup.py", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "csrc" / "ops.cpp").write_text("// v1\n")
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    log = tmp_path / "log"
+
+    def install(**env) -> list[str]:
+        log.write_text("")
+        subprocess.run(["make", "-s", "install", f"PYTHON={stub}"], cwd=tmp_path, check=True, capture_output=True,
+                       env=os.environ | {"STUB_LOG": str(log)} | env)
+        return [line for line in log.read_text().splitlines() if "--no-build-isolation -e" in line]
+
+    assert len(install()) == 1  # no stamp: build
+    assert install() == []  # same contents, extension imports: nothing to do
+    old = 946684800  # 2000-01-01: a file older than the stamp must not hide a change
+    (tmp_path / "csrc" / "ops.cpp").write_text("// v2\n")
+    os.utime(tmp_path / "csrc" / "ops.cpp", (old, old))
+    assert len(install()) == 1
+    os.utime(tmp_path / ".build-stamp", (old, old))  # a stamp older than every input, contents current
+    assert install() == []
+    assert len(install(STUB_IMPORT_RC="1")) == 1  # the extension does not import: build

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from gedi_fast.cli import main
 
@@ -35,14 +36,77 @@ def test_python_dash_m_entry_point(tmp_path):
 
 @pytest.mark.parametrize(
     "argv,message",
-    [(["train", "--out", "x", "--set", "nope=1"], "--set expects key=value"),
+    [(["train", "--out", "x", "--set", "nope=1"], "--set expects KEY=VALUE with KEY one of"),
+     (["train", "--out", "x", "--set", "foo=1"], "lr"),  # the message lists the keys
+     (["train", "--out", "x", "--set", "lr=abc"], "--set lr expects a float, got 'abc'"),
      (["train", "--out", "x", "--set", "steps=many"], "--set steps expects a int"),
      (["train", "--out", "x", "--set", "view_noise=loud"], "--set view_noise expects a float")],
 )
-def test_bad_flags_exit_with_a_message(argv, message, capsys):
+def test_bad_flags_exit_2_with_one_error_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gedi-fast: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()  # flags are checked before anything is written
+
+
+def test_set_help_lists_the_keys_and_version_prints(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "sgld_samples" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert message in str(exc.value)
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("gedi-fast ")
+
+
+@pytest.mark.parametrize("content", [
+    lambda path: torch.save({"model": {}}, path),  # torch.save output that is not ours
+    lambda path: path.write_text("hello\n"),  # six bytes of text
+    lambda path: torch.save([1, 2, 3], path),
+    lambda path: torch.save({**{k: 0 for k in ("step", "model", "optimiser", "samplers", "generator", "torch_rng",
+                                                "history")}, "config": {"colour": "red"}}, path),
+])
+def test_a_checkpoint_that_is_not_ours_is_one_clear_line(tmp_path, capsys, content):
+    content(tmp_path / "checkpoint.pt")
+    assert main(["eval", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gedi-fast: error: ") and "not a gedi_fast" in err and err.count("\n") == 1
+    assert main(["train", "--resume", "--out", str(tmp_path)]) == 2
+    assert "not a gedi_fast" in capsys.readouterr().err
+
+
+def test_an_unusable_out_is_found_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["train", "--out", str(blocker / "run"), "--steps", "1000", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gedi-fast: error: --out ") and "not a writable folder" in err
+
+
+def test_resume_extends_refuses_a_new_dataset_and_says_when_done(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--dataset", "blobs", "--out", out, "--steps", "6", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", out]) == 0
+    assert "already at step 6" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", out, "--steps", "10"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 10
+    assert main(["train", "--resume", "--out", out, "--dataset", "moons"]) == 2
+    assert "--dataset moons differs from the resumed run's blobs" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", out, "--set", "lr=0.5"]) == 2
+    assert "a resumed run keeps its lr" in capsys.readouterr().err
+
+
+def test_a_run_without_a_terminal_logs_while_it_trains(tmp_path):
+    """stderr to a pipe (CI logs, nohup): a line per log step, then metrics with throughput and wall time."""
+    result = subprocess.run([sys.executable, "-m", "gedi_fast", "train", "--dataset", "moons", "--out", str(tmp_path),
+                             "--steps", "10", *FAST], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["5/10", "10/10"]
+    assert all("loss=" in line and "samples/s" in line and "ETA" in line for line in lines)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["samples_per_s"] > 0 and metrics["train_wall_s"] > 0
 
 
 def test_set_types_optional_fields_and_clears_them():
@@ -90,5 +154,5 @@ def test_set_takes_booleans():
     from gedi_fast.cli import _overrides
 
     assert _overrides(["tf32=false", "cuda_graph=True"]) == {"tf32": False, "cuda_graph": True}
-    with pytest.raises(SystemExit, match="--set tf32 expects true or false, got '1'"):
+    with pytest.raises(ValueError, match="--set tf32 expects true or false, got '1'"):
         _overrides(["tf32=1"])

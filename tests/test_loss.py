@@ -64,8 +64,11 @@ def test_low_precision_logits_give_float32_loss_and_input_dtype_grads(gen, dtype
 
 
 def test_repr_names_settings():
-    text = repr(GEDILoss(temperature=0.2, assignment="sinkhorn"))
+    text = repr(GEDILoss(temperature=0.2, assignment="sinkhorn", energy_reg=0.5))
     assert "temperature=0.2" in text and "sinkhorn" in text
+    for argument in ("gen_weight=1", "inv_weight=1", "prior_weight=3", "energy_reg=0.5"):
+        assert argument in text  # the constructor's own argument names
+    assert "energy_reg_weight" not in text
 
 
 GOOD = torch.zeros(4, 3)
