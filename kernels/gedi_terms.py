@@ -30,10 +30,13 @@ from gedi_fast.distributed import Ranks
 from gedi_fast.kernels.launching import direct, on_device
 
 SINGLE_CHUNK_MAX = 4096  # widest row (columns, padded to a power of 2) one tile holds
-TILE_ELEMENTS = 2048  # per view and tile: rows x columns held in registers at once
-# Elements of one tile per thread: the forward keeps a few tiles live, the backward about ten, so it
-# spreads a tile over twice the threads (benchmarks/SM90.md: no spills, registers below the cap).
-FWD_ELEMENTS_PER_THREAD = 8
+# Per view and tile, rows x columns held in registers at once, and how many of them one thread holds.
+# The forward and backward partition rows independently (the backward reads only per-row and
+# per-cluster statistics of the forward), so each has its own: the sizes with no spill on either
+# triton 3.6 (ptxas 12.8) or 3.9 (ptxas 12.9), and registers below the cap (benchmarks/SM90.md).
+FWD_TILE_ELEMENTS = 1024
+FWD_ELEMENTS_PER_THREAD = 4
+BWD_TILE_ELEMENTS = 2048
 BWD_ELEMENTS_PER_THREAD = 4
 CHUNK_COLUMNS = 256  # column chunk past SINGLE_CHUNK_MAX
 CHUNK_ROWS = 8
@@ -419,7 +422,7 @@ def _bwd_rows_kernel(
 
 @dataclass(frozen=True)
 class _Plan:
-    """Tile shapes and grid for a B x K problem with M samples."""
+    """Tile shapes, grid and warps for one kernel's pass over a B x K problem with M samples."""
 
     single_chunk: bool
     block_b: int
@@ -428,14 +431,14 @@ class _Plan:
     view_programs: int
     sample_programs: int
     num_warps: int
-    bwd_num_warps: int
 
     @staticmethod
-    def make(batch: int, samples: int, clusters: int) -> "_Plan":
+    def make(batch: int, samples: int, clusters: int, tile_elements: int, elements_per_thread: int,
+             max_warps: int) -> "_Plan":
         width = triton.next_power_of_2(clusters)
         if width <= SINGLE_CHUNK_MAX:
             block_k = width
-            block_b = max(1, min(64, TILE_ELEMENTS // block_k))
+            block_b = max(1, min(64, tile_elements // block_k))
             wanted_rows = max(block_b, -(-max(batch, samples) // TARGET_PROGRAMS))
             rows_per_program = block_b * -(-wanted_rows // block_b)
             single = True
@@ -448,9 +451,17 @@ class _Plan:
             rows_per_program=rows_per_program,
             view_programs=triton.cdiv(batch, rows_per_program),
             sample_programs=triton.cdiv(samples, rows_per_program),
-            num_warps=max(4, min(16, block_b * block_k // (32 * FWD_ELEMENTS_PER_THREAD))),
-            bwd_num_warps=max(4, min(32, block_b * block_k // (32 * BWD_ELEMENTS_PER_THREAD))),
+            num_warps=max(4, min(max_warps, block_b * block_k // (32 * elements_per_thread))),
         )
+
+
+def forward_plan(batch: int, samples: int, clusters: int) -> _Plan:
+    return _Plan.make(batch, samples, clusters, FWD_TILE_ELEMENTS, FWD_ELEMENTS_PER_THREAD, 16)
+
+
+def backward_plan(batch: int, samples: int, clusters: int) -> _Plan:
+    """The backward keeps about ten tiles live: twice the forward's tile over up to 32 warps."""
+    return _Plan.make(batch, samples, clusters, BWD_TILE_ELEMENTS, BWD_ELEMENTS_PER_THREAD, 32)
 
 
 def _contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -482,7 +493,7 @@ def _forward(
     batch, clusters = z1.shape
     samples = 0 if zn is None else zn.shape[0]
     sinkhorn = t1 is not None
-    plan = _Plan.make(batch, samples, clusters)
+    plan = forward_plan(batch, samples, clusters)
     f32 = dict(device=z1.device, dtype=torch.float32)
     stats = torch.empty(batch, 4, **f32)
     lse_n = torch.empty(samples, **f32)
@@ -528,7 +539,7 @@ def _backward(
     batch, clusters = z1.shape
     samples = 0 if zn is None else zn.shape[0]
     sinkhorn = t1 is not None
-    plan = _Plan.make(batch, samples, clusters)
+    plan = backward_plan(batch, samples, clusters)
     dz1, dz2 = torch.empty_like(z1), torch.empty_like(z2)
     zn = _unused(z1) if zn is None else _contiguous(zn)
     dzn = torch.empty_like(zn)
@@ -542,7 +553,7 @@ def _backward(
             batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
             plan.view_programs, plan.rows_per_program, *weights,
             SINKHORN=sinkhorn, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
-            GLOBAL_COUNTS=global_counts, num_warps=plan.bwd_num_warps,
+            GLOBAL_COUNTS=global_counts, num_warps=plan.num_warps,
         )
     return dz1, dz2, dzn
 

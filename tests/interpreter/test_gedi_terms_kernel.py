@@ -127,17 +127,18 @@ def test_chunked_columns_many_programs_and_separate_combine(gen, monkeypatch, as
     z1, z2, zn = make_inputs(gen, 37, clusters, 6, scale=5.0)
     targets = sinkhorn_targets(z1, z2, 0.5) if assignment == "sinkhorn" else None
     grad_terms = torch.rand(len(reference.TERM_VECTOR), generator=gen)
-    plan = fused._Plan.make(37, 6, clusters)
-    assert not plan.single_chunk and plan.view_programs > 1
+    for plan in (fused.forward_plan(37, 6, clusters), fused.backward_plan(37, 6, clusters)):
+        assert not plan.single_chunk and plan.view_programs > 1
     got = run_kernel(z1, z2, zn, targets, 0.5, grad_terms)
     assert_matches(*got, *reference_vector_and_grads(z1, z2, zn, targets, 0.5, grad_terms), rtol=2e-5)
 
 
 def test_several_sub_blocks_per_program(gen, monkeypatch):
-    monkeypatch.setattr(fused, "TILE_ELEMENTS", 64)  # 4 rows per tile at K = 10
+    monkeypatch.setattr(fused, "FWD_TILE_ELEMENTS", 64)  # 4 rows per tile at K = 10
+    monkeypatch.setattr(fused, "BWD_TILE_ELEMENTS", 32)  # 2 rows
     monkeypatch.setattr(fused, "TARGET_PROGRAMS", 3)
-    plan = fused._Plan.make(50, 9, 10)
-    assert plan.single_chunk and plan.rows_per_program > plan.block_b and plan.view_programs > 1
+    for plan in (fused.forward_plan(50, 9, 10), fused.backward_plan(50, 9, 10)):
+        assert plan.single_chunk and plan.rows_per_program > plan.block_b and plan.view_programs > 1
     z1, z2, zn = make_inputs(gen, 50, 10, 9, scale=4.0)
     grad_terms = torch.rand(len(reference.TERM_VECTOR), generator=gen)
     got = run_kernel(z1, z2, zn, None, 0.3, grad_terms)
