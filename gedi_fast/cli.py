@@ -16,7 +16,7 @@ import torch
 from gedi_fast import launch
 from gedi_fast.data import LOADERS, DatasetUnavailable
 from gedi_fast.plots import plot_run
-from gedi_fast.trainer import CHECKPOINT_NAME, RESUME_CHANGEABLE, GEDITrainer, TrainConfig
+from gedi_fast.trainer import CHECKPOINT_NAME, RESUME_CHANGEABLE, GEDITrainer, TrainConfig, TrainingStopped
 
 SUMMARY_KEYS = ("nmi", "ari", "acc", "largest_cluster_share", "usage_entropy", "view_agreement", "steps")
 
@@ -62,13 +62,15 @@ def _writable_folder(out: pathlib.Path) -> pathlib.Path:
 
 
 def _resume_changes(args: argparse.Namespace, config: TrainConfig) -> dict:
-    """What --resume may change (--steps to extend a run, --set of RESUME_CHANGEABLE fields); a
-    --dataset or --seed other than the run's is an error, not silently ignored."""
+    """What --resume may change (--steps to extend a run, --device, --set of RESUME_CHANGEABLE
+    fields). A --dataset, --seed or other --set value equal to the run's is fine (so the first
+    start's command line can restart the run); a different one is an error, not silently ignored."""
     for flag, given, saved in (("--dataset", args.dataset, config.dataset), ("--seed", args.seed, config.seed)):
         if given is not None and given != saved:
             raise ValueError(f"{flag} {given} differs from the resumed run's {saved}; a resumed run keeps it "
                              f"(start a new run in another --out)")
-    changes = _overrides(args.set)
+    changes = {key: value for key, value in _overrides(args.set).items()
+               if key in RESUME_CHANGEABLE or value != getattr(config, key)}
     if args.steps is not None:
         changes["steps"] = args.steps
     if args.device is not None:
@@ -83,7 +85,8 @@ def _summary(scores: dict) -> str:
 def train(args: argparse.Namespace) -> int:
     """One process, or under torchrun one rank of a DDP run; rank 0 alone evaluates, plots and prints."""
     out = pathlib.Path(args.out)
-    if args.resume:
+    resume = args.resume == "yes" or (args.resume == "auto" and GEDITrainer.has_checkpoint(out))
+    if resume:
         _, saved = GEDITrainer.saved_state(out)
         changes = _resume_changes(args, saved)
         config = dataclasses.replace(saved, **changes)
@@ -94,8 +97,10 @@ def train(args: argparse.Namespace) -> int:
             options["steps"] = args.steps
         config = TrainConfig(**options | _overrides(args.set))
     _writable_folder(out)
-    with launch.torchrun_process_group(config.device):
-        trainer = GEDITrainer.resume(out, **changes) if args.resume else GEDITrainer(config, out)
+    with launch.torchrun_process_group(config.device, config.collective_timeout):
+        trainer = GEDITrainer.resume(out, **changes) if resume else GEDITrainer(config, out)
+        if resume and trainer.rank == 0:
+            print(f"gedi-fast: resuming {out} from step {trainer.step}", file=sys.stderr, flush=True)
         if trainer.step >= trainer.config.steps and trainer.rank == 0:
             print(f"gedi-fast: {out} is already at step {trainer.step} (steps={trainer.config.steps}); "
                   f"pass --steps N with N > {trainer.step} to train on", file=sys.stderr)
@@ -154,9 +159,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="default: 0")
     run.add_argument("--device", help="default: cpu")
     run.add_argument("--data-root", help="folder holding file-based datasets (cifar10, cifar100, svhn, ...)")
-    run.add_argument("--resume", action="store_true",
-                     help=f"continue the run saved in --out; it keeps its dataset, seed and settings except "
-                          f"{', '.join(RESUME_CHANGEABLE)}")
+    run.add_argument("--resume", nargs="?", const="yes", choices=("yes", "auto"),
+                     help=f"continue the run saved in --out (it must be there); `--resume auto`: continue it when "
+                          f"there is one, else start it, so one command line serves the first start and every "
+                          f"restart (torchrun --max-restarts). A resumed run keeps its dataset, seed and settings "
+                          f"except {', '.join(RESUME_CHANGEABLE)}")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help=f"a TrainConfig field, one of: {', '.join(CONFIG_KEYS)}")
     run.set_defaults(handler=train)
@@ -196,6 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetUnavailable, OSError, ValueError, TypeError) as err:
         print(f"gedi-fast: error: {err}", file=sys.stderr)
         return 2
-    except FloatingPointError as err:
+    except (FloatingPointError, TrainingStopped) as err:
         print(f"gedi-fast: training failed: {err}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ LOCAL_RANK in the environment; without them the process is alone and nothing her
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from typing import Iterator
 
@@ -25,11 +26,13 @@ def torchrun_world_size() -> int:
 
 
 @contextlib.contextmanager
-def torchrun_process_group(device: str) -> Iterator[None]:
+def torchrun_process_group(device: str, timeout_s: float = 600.0) -> Iterator[None]:
     """Under torchrun: the default process group for the duration of the block, destroyed on exit.
 
     NCCL for a CUDA `device`, with this process pinned to GPU LOCAL_RANK (so "cuda" means one GPU per
-    rank); gloo otherwise. Outside torchrun, or when a group already exists, it does nothing.
+    rank); gloo otherwise. A collective waiting longer than `timeout_s` for the other ranks fails
+    (gloo raises it in the waiting rank; NCCL's watchdog aborts the process) instead of hanging.
+    Outside torchrun, or when a group already exists, it does nothing.
     """
     if not launched_by_torchrun() or dist.is_initialized():
         yield
@@ -37,7 +40,7 @@ def torchrun_process_group(device: str) -> Iterator[None]:
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     try:
         yield
     finally:

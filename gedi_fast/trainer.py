@@ -91,6 +91,7 @@ class TrainConfig:
     cuda_graph: bool = True  # CUDA: replay the SGLD chain as one captured CUDA graph
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions in the training step; False: strict fp32
     compile_step: bool = False  # torch.compile(mode="reduce-overhead") of the forward and loss
+    collective_timeout: float = 600.0  # seconds a DDP collective may wait for the other ranks
 
     def __post_init__(self) -> None:
         for name in ("steps", "log_every", "checkpoint_every", "batch_size", "sgld_steps", "sgld_samples", "buffer_size",
@@ -110,6 +111,7 @@ class TrainConfig:
         require_choice(self.assignment, "assignment", ("softmax", "sinkhorn"))
         require_choice(self.precision, "precision", ("fp32", "bf16"))
         require_real(self.max_energy, "max_energy", positive=True)
+        require_real(self.collective_timeout, "collective_timeout", positive=True)
         require_int(self.max_retries, "max_retries", minimum=0)
         for name in ("cuda_graph", "tf32", "compile_step"):
             require_bool(getattr(self, name), name)
@@ -125,8 +127,15 @@ class TrainConfig:
 # What a checkpoint holds (state_dict) and which config fields a resumed run may change: how long it
 # trains and how it logs and checkpoints, never what it computes.
 LOGGED_TERMS = ("gen", "inv", "prior", "energy_reg")
+# What gloo and NCCL say when a peer is gone or a collective ran past the process group's timeout.
+COLLECTIVE_FAILURES = ("Timed out", "timed out", "Connection closed by peer", "Connection reset by peer", "NCCL")
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on safely: a checkpoint could not be written, or another rank stopped answering."""
 STATE_KEYS = ("config", "step", "model", "optimiser", "samplers", "generator", "torch_rng", "history")
-RESUME_CHANGEABLE = ("steps", "log_every", "checkpoint_every", "max_retries", "max_energy", "device", "compile_step")
+RESUME_CHANGEABLE = ("steps", "log_every", "checkpoint_every", "max_retries", "max_energy", "device", "compile_step",
+                     "collective_timeout")
 # Langevin step and noise per kind of data when the config leaves them None.
 SGLD_DEFAULTS = {"vector": (0.01, 0.1), "image": (1.0, 0.01)}
 AUGMENTATIONS = ("jitter", "rotation", "image")
@@ -188,6 +197,7 @@ class GEDITrainer:
         # The same stream on every rank: each draws the global batch and keeps its own slice.
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.step = 0
+        self._saved_step: int | None = None  # the step of the checkpoint on disk, when this run wrote or read one
         self.history: list[dict] = []
 
     def views(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,9 +312,22 @@ class GEDITrainer:
                 if save:
                     self.save()
                 good = self._snapshot()
+        except RuntimeError as err:
+            if isinstance(err, TrainingStopped) or self.world_size == 1 or not any(
+                    mark in str(err) for mark in COLLECTIVE_FAILURES):
+                raise
+            raise self._collective_failure(err) from err
         finally:
             bar.close()
         return self.history
+
+    def _collective_failure(self, err: RuntimeError) -> TrainingStopped:
+        """A collective that failed or timed out (another rank died or hung), as an error naming this
+        rank and the step instead of gloo's or NCCL's bare message."""
+        return TrainingStopped(
+            f"rank {self.rank} of {self.world_size}: a collective after step {self.step} did not complete "
+            f"(collective_timeout {self.config.collective_timeout:g} s): another rank stopped, hung or died; "
+            f"the last checkpoint is of step {self._saved_step} ({str(err).splitlines()[0]})")
 
     def _log_line(self, record: dict, until: int, started: float, first: int) -> str:
         per_step = (time.perf_counter() - started) / max(self.step - first, 1)
@@ -425,14 +448,38 @@ class GEDITrainer:
 
     def save(self) -> pathlib.Path:
         """Write the checkpoint (atomically, with a checksum; the one it replaces stays as checkpoint.prev.pt).
-        Under DDP every rank calls it: rank 0 writes while the others wait at a barrier, so none runs
-        ahead of a checkpoint being written."""
+
+        Under DDP every rank calls it: rank 0 writes, then every rank learns whether it succeeded (one
+        all-reduce, which also keeps any rank from running ahead of a checkpoint being written).
+        A failed write (a full disk, a folder gone read-only) raises TrainingStopped on every rank:
+        the previous checkpoint is untouched (save_atomic writes beside it and renames only a complete
+        file), and training stops rather than go on with no durable state behind it.
+        """
         state, path = self.state_dict(), self.out / CHECKPOINT_NAME
+        failure = None
         if self.rank == 0:
-            checkpoint.save_atomic(state, path)
+            try:
+                checkpoint.save_atomic(state, path)
+            except OSError as err:
+                failure = err
         if self.world_size > 1:
-            dist.barrier()
+            failed = torch.tensor([0.0 if failure is None else 1.0], device=self._collective_device())
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() and failure is None:
+                raise TrainingStopped(f"rank {self.rank}: rank 0 could not write the checkpoint of step {self.step}; "
+                                      f"see its error")
+        if failure is not None:
+            kept = (f"the checkpoint of step {self._saved_step} is intact" if self._saved_step is not None
+                    else "no earlier checkpoint exists")
+            raise TrainingStopped(f"writing the checkpoint of step {self.step} to {path} failed "
+                                  f"({failure.strerror or failure}); {kept}; training stops here: free space or "
+                                  f"fix {self.out}, then resume with --resume") from failure
+        self._saved_step = self.step
         return path
+
+    def _collective_device(self) -> torch.device:
+        """Where a tensor for a collective must live: the GPU for NCCL, the CPU for gloo."""
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`; under DDP every rank loads the same checkpoint.
@@ -448,7 +495,14 @@ class GEDITrainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.history = state["step"], state["history"]
+        self._saved_step = self.step
         self.rollbacks = state.get("rollbacks", 0)  # checkpoints from before divergence recovery have none
+
+    @staticmethod
+    def has_checkpoint(out: str | pathlib.Path) -> bool:
+        """Whether run folder `out` holds a checkpoint (or the previous one) to resume from."""
+        path = pathlib.Path(out) / CHECKPOINT_NAME
+        return path.exists() or checkpoint.previous_path(path).exists()
 
     @staticmethod
     def saved_state(out: str | pathlib.Path) -> tuple[dict, TrainConfig]:
