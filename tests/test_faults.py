@@ -10,9 +10,9 @@ import os
 import pathlib
 import resource
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -124,15 +124,11 @@ def test_a_file_size_limit_fails_the_first_checkpoint_cleanly(tmp_path):
 
 # --- torchrun -----------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(out: pathlib.Path, steps: int, *extra: str, restarts: int = 0) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--max-restarts={restarts}",
-            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "gedi_fast", "train",
+    """A 2-rank job on this machine: `--standalone`, torchrun's c10d rendezvous on a free port, which
+    gives every restarted group a rendezvous round of its own."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            f"--max-restarts={restarts}", "-m", "gedi_fast", "train",
             "--resume", "auto", "--out", str(out), "--steps", str(steps), *SMALL, *extra]
 
 
@@ -156,8 +152,11 @@ def _run_with_fault(command: list[str], at_line: str, fault: signal.Signals, tim
     """Run a torchrun job; when rank 0 logs `at_line`, send `fault` to rank 1. (exit status, stderr)."""
     tag = uuid.uuid4().hex
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GEDI_FAULT_TAG": tag}
-    job = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    lines, struck, deadline = [], None, time.monotonic() + timeout
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                           start_new_session=True)
+    watchdog = threading.Timer(timeout, lambda: os.killpg(job.pid, signal.SIGKILL))  # a bounded wait, always
+    watchdog.start()
+    lines, struck = [], None
     try:
         for line in job.stderr:
             lines.append(line)
@@ -165,17 +164,18 @@ def _run_with_fault(command: list[str], at_line: str, fault: signal.Signals, tim
                 struck = _worker(tag, 1)
                 assert struck is not None, "rank 1 not found"
                 os.kill(struck, fault)
-            assert time.monotonic() < deadline, "the job outlived its time"
-        job.wait(timeout=max(1.0, deadline - time.monotonic()))
+        job.wait()
     finally:
+        watchdog.cancel()
         if job.poll() is None:
-            job.kill()
+            os.killpg(job.pid, signal.SIGKILL)
         if struck is not None and fault == signal.SIGSTOP:
             try:
                 os.kill(struck, signal.SIGKILL)  # a stopped rank ignores everything else
             except ProcessLookupError:
                 pass
     assert struck is not None, f"the job never logged {at_line!r}:\n{''.join(lines)[-3000:]}"
+    assert job.returncode != -signal.SIGKILL, f"the job outlived {timeout} s:\n{''.join(lines)[-3000:]}"
     return job.returncode, "".join(lines)
 
 
@@ -185,7 +185,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_ends_as_an_unbroken_
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     status, err = _run_with_fault(_torchrun(faulted, 40, restarts=2), "step 20/40", signal.SIGKILL, timeout=300)
-    assert status == 0, err[-3000:]
+    assert status == 0, err[-12000:]
     assert "gedi-fast: resuming" in err  # the restarted group continued from the checkpoint
     assert json.loads((faulted / "metrics.json").read_text())["steps"] == 40
     _assert_same_run(_state(faulted), _state(unbroken))
@@ -200,4 +200,6 @@ def test_a_hung_rank_ends_the_job_with_the_rank_and_step_named(tmp_path):
     assert status != 0
     assert "gedi-fast: training failed: rank 0 of 2: a collective after step 1" in err and "did not complete" in err
     assert time.monotonic() - started < 200
-    assert _state(out)["step"] >= 10  # the last checkpoint is there to resume from
+    # The last checkpoint is there to resume from: step 10's when rank 1 stopped after joining its
+    # collectives, else step 5's.
+    assert _state(out)["step"] in (5, 10)

@@ -10,6 +10,7 @@ import torch
 from gedi_fast import SGLDConfig, SGLDSampler, buffer_draw, sgld_step_
 from gedi_fast.models import MLPClusterer
 from gedi_fast.reference import energy_grad
+from gedi_fast import sampler as sampler_module
 from gedi_fast.sampler import mix32
 
 MASK32 = 0xFFFFFFFF
@@ -185,6 +186,7 @@ class _FakeCuda:
 
     def __init__(self) -> None:
         self.current = "the caller's device"
+        self.on_side_stream = False
         self.events: list[tuple] = []
         fake = self
 
@@ -218,7 +220,11 @@ class _FakeCuda:
 
     @contextlib.contextmanager
     def stream(self, stream):
-        yield
+        self.on_side_stream = True
+        try:
+            yield
+        finally:
+            self.on_side_stream = False
 
     @contextlib.contextmanager
     def graph(self, graph, stream=None, **kwargs):
@@ -232,6 +238,13 @@ def test_graph_capture_and_replay_run_on_the_buffers_device(monkeypatch):
     fake = _FakeCuda()
     monkeypatch.setattr(torch, "cuda", fake)
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None)
+    arange = torch.arange
+
+    def row_numbers(*args, **kwargs):  # the row hashes start from arange: note which stream made them
+        fake.events.append(("arange", fake.on_side_stream))
+        return arange(*args, **kwargs)
+
+    monkeypatch.setattr(sampler_module.torch, "arange", row_numbers)
     model = MLPClusterer(2, 3, hidden=8)
     sampler = SGLDSampler((2,), SGLDConfig(steps=2, buffer_size=16), seed=1, graph=False)
     sampler.graphed = True  # the CUDA path, driven through the fake
@@ -243,3 +256,5 @@ def test_graph_capture_and_replay_run_on_the_buffers_device(monkeypatch):
     assert [e for e in fake.events if e[0] == "capture"] == [("capture", device, device)]
     assert [e for e in fake.events if e[0] == "replay"] == [("replay", device)]
     assert fake.current == "the caller's device"
+    # The row hashes outlive the warm-up: made on the caller's stream, not the warm-up's side stream.
+    assert fake.events.index(("arange", False)) < fake.events.index(("arange", True))
