@@ -1,6 +1,7 @@
 """PNG plots of a run (matplotlib, Agg backend): assignments, SGLD samples, loss terms, cluster sizes."""
 from __future__ import annotations
 
+import math
 import pathlib
 
 import matplotlib
@@ -69,9 +70,7 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
         for event in trainer.history:
             if event.get("event") == "rollback":
                 ax.axvline(event["diverged_at"], color="red", linewidth=0.8, linestyle=":")
-        ax.set_yscale("symlog")
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        _term_axis(ax.yaxis, max(abs(h[name]) for h in records for name in TERMS if math.isfinite(h[name])))
         ax.set_xlabel("step")
         ax.legend(loc="best")
         ax.set_title("loss terms")
@@ -85,6 +84,15 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
     ax.set_title("cluster sizes")
     written.append(_save(fig, folder / "cluster_sizes.png"))
     return written
+
+
+def _term_axis(axis, largest: float) -> None:
+    """Linear up to |10|; beyond, terms of very different sizes share a log scale with a linear part
+    around 0. Tick labels of 3 significant digits either way."""
+    if largest > 10:
+        axis.axes.set_yscale("symlog", linthresh=1.0)
+        axis.set_minor_formatter(ticker.NullFormatter())
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:.3g}"))
 
 
 def _integer_ticks(axis, count: int) -> None:

@@ -25,3 +25,13 @@ def test_cluster_ids_are_whole_numbers():
     ax.set_ylim(-0.5, 49.5)
     assert all(float(t).is_integer() for t in ax.get_yticks())
     plt.close(fig)
+
+
+def test_term_ticks_are_short_and_the_scale_fits_the_range():
+    fig, (small, large) = plt.subplots(1, 2)
+    plots._term_axis(small.yaxis, 1.21663)
+    plots._term_axis(large.yaxis, 144.0)
+    assert small.get_yscale() == "linear" and large.get_yscale() == "symlog"
+    assert small.yaxis.get_major_formatter()(1.21663, 0) == "1.22"
+    assert large.yaxis.get_major_formatter()(-0.170029, 0) == "-0.17"
+    plt.close(fig)
