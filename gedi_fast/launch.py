@@ -40,7 +40,13 @@ def torchrun_process_group(device: str, timeout_s: float = 600.0) -> Iterator[No
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # A torchrun restart may reuse the rendezvous store of the group it replaces: keys of this
+    # attempt's own, so no rank reads an address a dead rank of an earlier attempt left there.
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("nccl" if cuda else "gloo", store=dist.PrefixStore(f"gedi_fast/attempt_{attempt}", store),
+                            rank=rank, world_size=world_size, timeout=timeout)
     try:
         yield
     finally:

@@ -132,8 +132,9 @@ def _torchrun(out: pathlib.Path, steps: int, *extra: str, restarts: int = 0) -> 
             "--resume", "auto", "--out", str(out), "--steps", str(steps), *SMALL, *extra]
 
 
-def _worker(tag: str, rank: int) -> int | None:
-    """The pid of the live training process of `rank` in the job tagged `tag` (found through /proc)."""
+def _job_processes(tag: str) -> dict[int, dict[str, str]]:
+    """pid -> environment of every live process of the job tagged `tag` (torchrun and its workers)."""
+    found = {}
     for proc in pathlib.Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -142,49 +143,60 @@ def _worker(tag: str, rank: int) -> int | None:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if env.get("GEDI_FAULT_TAG") == tag and env.get("RANK") == str(rank) and b"gedi_fast" in cmdline \
-                and b"torch.distributed.run" not in cmdline:
-            return int(proc.name)
-    return None
+        if env.get("GEDI_FAULT_TAG") == tag:
+            found[int(proc.name)] = {**env, "is_worker": str(b"torch.distributed.run" not in cmdline)}
+    return found
 
 
-def _run_with_fault(command: list[str], at_line: str, fault: signal.Signals, timeout: float) -> tuple[int, str]:
-    """Run a torchrun job; when rank 0 logs `at_line`, send `fault` to rank 1. (exit status, stderr)."""
+def _worker(tag: str, rank: int) -> int | None:
+    """The pid of the live training process of `rank` in the job tagged `tag`."""
+    return next((pid for pid, env in _job_processes(tag).items()
+                 if env["is_worker"] == "True" and env.get("RANK") == str(rank)), None)
+
+
+def _kill_job(tag: str) -> None:
+    for pid in _job_processes(tag):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _run_job(command: list[str], timeout: float, at_line: str | None = None,
+             fault: signal.Signals | None = None) -> tuple[int, str]:
+    """Run a torchrun job (when rank 0 logs `at_line`, send `fault` to rank 1): (exit status, stderr).
+
+    Every process of the job carries a tag in its environment; a watchdog kills them all after
+    `timeout` seconds, workers included (they hold the stderr pipe), so no test waits for ever.
+    """
     tag = uuid.uuid4().hex
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GEDI_FAULT_TAG": tag}
-    job = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
-                           start_new_session=True)
-    watchdog = threading.Timer(timeout, lambda: os.killpg(job.pid, signal.SIGKILL))  # a bounded wait, always
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    watchdog = threading.Timer(timeout, _kill_job, args=(tag,))
     watchdog.start()
     lines, struck = [], None
     try:
         for line in job.stderr:
             lines.append(line)
-            if struck is None and line.startswith(at_line):
+            if fault is not None and struck is None and line.startswith(at_line):
                 struck = _worker(tag, 1)
                 assert struck is not None, "rank 1 not found"
                 os.kill(struck, fault)
         job.wait()
     finally:
+        timed_out = not watchdog.is_alive() and watchdog.finished.is_set() and job.returncode == -signal.SIGKILL
         watchdog.cancel()
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-        if struck is not None and fault == signal.SIGSTOP:
-            try:
-                os.kill(struck, signal.SIGKILL)  # a stopped rank ignores everything else
-            except ProcessLookupError:
-                pass
-    assert struck is not None, f"the job never logged {at_line!r}:\n{''.join(lines)[-3000:]}"
-    assert job.returncode != -signal.SIGKILL, f"the job outlived {timeout} s:\n{''.join(lines)[-3000:]}"
+        _kill_job(tag)  # a stopped rank ignores everything else
+    assert not timed_out, f"the job outlived {timeout} s:\n{''.join(lines)[-3000:]}"
+    assert fault is None or struck is not None, f"the job never logged {at_line!r}:\n{''.join(lines)[-3000:]}"
     return job.returncode, "".join(lines)
 
 
 def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_ends_as_an_unbroken_one(tmp_path):
     unbroken, faulted = tmp_path / "unbroken", tmp_path / "faulted"
-    result = subprocess.run(_torchrun(unbroken, 40), capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    status, err = _run_with_fault(_torchrun(faulted, 40, restarts=2), "step 20/40", signal.SIGKILL, timeout=300)
+    status, err = _run_job(_torchrun(unbroken, 40), timeout=300)
+    assert status == 0, err[-3000:]
+    status, err = _run_job(_torchrun(faulted, 40, restarts=2), 300, "step 20/40", signal.SIGKILL)
     assert status == 0, err[-12000:]
     assert "gedi-fast: resuming" in err  # the restarted group continued from the checkpoint
     assert json.loads((faulted / "metrics.json").read_text())["steps"] == 40
@@ -195,8 +207,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_ends_as_an_unbroken_
 def test_a_hung_rank_ends_the_job_with_the_rank_and_step_named(tmp_path):
     out = tmp_path / "run"
     started = time.monotonic()
-    status, err = _run_with_fault(_torchrun(out, 400, "--set", "collective_timeout=5"), "step 10/400",
-                                  signal.SIGSTOP, timeout=240)
+    status, err = _run_job(_torchrun(out, 400, "--set", "collective_timeout=5"), 240, "step 10/400", signal.SIGSTOP)
     assert status != 0
     assert "gedi-fast: training failed: rank 0 of 2: a collective after step 1" in err and "did not complete" in err
     assert time.monotonic() - started < 200
