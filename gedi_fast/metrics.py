@@ -65,7 +65,8 @@ def cluster_usage(predicted: torch.Tensor | np.ndarray, clusters: int) -> dict[s
 
 
 def ood_auroc(energy_in: torch.Tensor | np.ndarray, energy_out: torch.Tensor | np.ndarray) -> float:
-    """AUROC of telling out-of-distribution inputs by their energy (higher energy = more likely OOD)."""
+    """AUROC of telling out-of-distribution inputs by a score such as the energy (higher = more likely
+    OOD): the chance that a random OOD input scores above a random in-distribution one, ties half."""
     e_in = np.asarray(energy_in.detach().cpu() if isinstance(energy_in, torch.Tensor) else energy_in, dtype=np.float64)
     e_out = np.asarray(energy_out.detach().cpu() if isinstance(energy_out, torch.Tensor) else energy_out, dtype=np.float64)
     if e_in.size == 0 or e_out.size == 0:

@@ -1,4 +1,6 @@
-"""PNG plots of a run (matplotlib, Agg backend): assignments, SGLD samples, loss terms, cluster sizes."""
+"""PNG plots of a run (matplotlib, Agg backend): assignments, SGLD samples, loss terms, cluster sizes;
+for images also grids, one row per cluster, of its test images, of fresh SGLD samples and of the
+replay buffer; and the energy histograms of an out-of-distribution evaluation."""
 from __future__ import annotations
 
 import math
@@ -12,7 +14,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import torch  # noqa: E402
 
+from gedi_fast.ood import batched_logits  # noqa: E402
+from gedi_fast.sampler import SGLDSampler  # noqa: E402
+
 TERMS = ("loss", "gen", "inv", "prior", "energy_reg")
+PER_CLUSTER = 10  # images per row of a cluster grid
+FRESH_SAMPLES = 400  # SGLD samples drawn for samples_by_cluster.png
 
 
 @torch.no_grad()
@@ -22,7 +29,7 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
     folder.mkdir(parents=True, exist_ok=True)
     model, dataset = trainer.model.eval(), trainer.dataset
     test_x = dataset.test_x.to(trainer.device)
-    predicted = model(test_x).argmax(1).cpu()
+    predicted = batched_logits(model, dataset.test_x, trainer.device).argmax(1)
     written = []
 
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -46,14 +53,16 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
         ax.set_title("classes vs clusters (test)")
     written.append(_save(fig, folder / "assignments.png"))
 
-    if trainer.sampler is not None:
+    if dataset.kind == "image":
+        written += _image_grids(trainer, predicted, folder)
+    elif trainer.sampler is not None:
         samples = trainer.sampler.buffer[:256].cpu()
         fig, ax = plt.subplots(figsize=(5, 4))
         if dataset.input_shape == (2,):
             ax.scatter(*dataset.train_x.T, s=3, c="lightgray", label="data")
             ax.scatter(*samples.T, s=4, c="crimson", label="SGLD buffer")
             ax.legend(loc="best")
-        elif dataset.kind == "image" or dataset.pixels is not None:
+        elif dataset.pixels is not None:
             ax.imshow(_image_grid(samples[:64], dataset), cmap="gray")
             ax.axis("off")
         else:
@@ -86,6 +95,66 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
     return written
 
 
+def _image_grids(trainer, predicted: torch.Tensor, folder: pathlib.Path) -> list[pathlib.Path]:
+    """test_by_cluster.png and, with SGLD, samples_by_cluster.png (a fresh chain from a copy of the
+    replay buffer: the run's own sampler and stream are left untouched) and buffer_by_cluster.png."""
+    dataset, model = trainer.dataset, trainer.model
+    grids = [("test_by_cluster.png", "test images by cluster", dataset.test_x, predicted)]
+    if trainer.sampler is not None:
+        fresh = SGLDSampler(dataset.input_shape, trainer.sampler.config, trainer.sampler.temperature,
+                            trainer.sampler.seed + 1, trainer.device, graph=False)
+        fresh.buffer.copy_(trainer.sampler.buffer)
+        with torch.enable_grad():
+            samples = fresh.sample(model, min(FRESH_SAMPLES, len(fresh.buffer))).detach()
+        buffer = trainer.sampler.buffer[:2000]
+        for name, title, images in (("samples_by_cluster.png", f"SGLD samples ({fresh.config.steps} steps from "
+                                     f"the buffer) by cluster", samples), ("buffer_by_cluster.png",
+                                     "replay buffer by cluster", buffer)):
+            grids.append((name, title, images.cpu(), batched_logits(model, images, trainer.device).argmax(1)))
+    written = []
+    for name, title, images, clusters in grids:
+        rows = [images[clusters == k] for k in range(trainer.clusters)]
+        fig, ax = plt.subplots(figsize=(PER_CLUSTER * 0.6 + 1, trainer.clusters * 0.6 + 0.8))
+        ax.imshow(_cluster_grid(rows, dataset.input_shape), cmap="gray" if dataset.input_shape[0] == 1 else None)
+        ax.set_yticks([(k + 0.5) * (dataset.input_shape[1] + 2) for k in range(trainer.clusters)],
+                      [f"{k} ({int((clusters == k).sum())})" for k in range(trainer.clusters)])
+        ax.set_xticks([])
+        ax.set_ylabel("cluster (images in it)")
+        ax.set_title(title)
+        written.append(_save(fig, folder / name))
+    return written
+
+
+def _cluster_grid(rows: list[torch.Tensor], shape: tuple[int, int, int]) -> np.ndarray:
+    """One row of up to PER_CLUSTER tiles per cluster, [-1, 1] shown as black..white (clipped: SGLD may
+    leave the range), a white frame round each tile, empty places grey."""
+    channels, h, w = shape
+    tiles = torch.full((len(rows), PER_CLUSTER, channels, h + 2, w + 2), 0.5)
+    for k, images in enumerate(rows):
+        images = images[:PER_CLUSTER]
+        tiles[k, :len(images)] = 1.0
+        tiles[k, :len(images), :, 1:-1, 1:-1] = ((images.float() + 1) / 2).clamp(0, 1)
+    grid = tiles.permute(0, 3, 1, 4, 2).reshape(len(rows) * (h + 2), PER_CLUSTER * (w + 2), channels)
+    return grid[..., 0].numpy() if channels == 1 else grid.numpy()
+
+
+def plot_ood(report: dict, scores: dict[str, torch.Tensor], path: pathlib.Path) -> pathlib.Path:
+    """Histograms of the energy and of the max-softmax, in-distribution against out, AUROCs in the titles."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label, auroc in ((axes[0], "energy", "energy E(x) (higher: more likely OOD)", "energy_auroc"),
+                                  (axes[1], "max_softmax", "max softmax (lower: more likely OOD)",
+                                   "max_softmax_auroc")):
+        inside, outside = scores[f"{key}_in"].numpy(), scores[f"{key}_out"].numpy()
+        bins = np.histogram_bin_edges(np.concatenate([inside, outside]), bins=60)
+        ax.hist(inside, bins=bins, alpha=0.6, density=True, label=f"{report['in']} test (in)")
+        ax.hist(outside, bins=bins, alpha=0.6, density=True, label=f"{report['out']} test (out)")
+        ax.set_xlabel(label)
+        ax.set_ylabel("density")
+        ax.set_title(f"AUROC {report[auroc]:.3f}")
+        ax.legend(loc="best")
+    return _save(fig, path)
+
+
 def _term_axis(axis, largest: float) -> None:
     """Linear up to |10|; beyond, terms of very different sizes share a log scale with a linear part
     around 0. Tick labels of 3 significant digits either way."""
@@ -104,12 +173,9 @@ def _integer_ticks(axis, count: int) -> None:
 
 
 def _image_grid(samples: torch.Tensor, dataset) -> np.ndarray:
-    """Up to 64 samples as one grey image of 8 per row, each tile scaled to its own min..max
-    (standardised vector pixels have no fixed range; images live in [-1, 1] but SGLD may leave it)."""
-    if dataset.kind == "image":
-        tiles = samples.float().mean(1)  # N x H x W: channels averaged to grey
-    else:
-        tiles = samples.float().reshape(-1, *dataset.pixels)
+    """Up to 64 vector samples shown as the dataset's grey images (`pixels`), 8 per row, each tile
+    scaled to its own min..max: standardised vector pixels have no fixed range."""
+    tiles = samples.float().reshape(-1, *dataset.pixels)
     low = tiles.amin((1, 2), keepdim=True)
     tiles = (tiles - low) / (tiles.amax((1, 2), keepdim=True) - low).clamp_min(1e-8)
     tiles = torch.nn.functional.pad(tiles, (1, 1, 1, 1), value=1.0)  # a white frame around each

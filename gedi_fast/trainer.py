@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gedi_fast import checkpoint, launch, metrics
-from gedi_fast.augment import augment_images, jitter, rotate_and_jitter
+from gedi_fast.augment import affine_images, augment_images, jitter, rotate_and_jitter
 from gedi_fast.data import Dataset, load_dataset
 from gedi_fast.loss import GEDILoss
 from gedi_fast.models import build_model
@@ -69,14 +69,16 @@ class TrainConfig:
     device: str = "cpu"
     precision: str = "fp32"  # "bf16": autocast the model; the loss internals stay fp32
     lr: float = 1e-3
-    hidden: int = 256
+    hidden: int = 256  # the MLP's width (vector data)
+    width: int = 32  # the CNN's first-stage channels (image data)
+    stem_stride: int = 1  # the CNN stem's stride: 2 quarters the cost of every stage
     temperature: float = 0.1
     gen_weight: float = 1.0
     inv_weight: float = 1.0
     prior_weight: float = 3.0
     energy_reg: float = 0.1
     assignment: str = "softmax"
-    augmentation: str | None = None  # "jitter" | "rotation" | "image"
+    augmentation: str | None = None  # "jitter" | "rotation" | "image" | "affine"
     view_noise: float | None = None
     sgld_steps: int = 20
     sgld_samples: int = 64  # SGLD negatives per step (and rank): the chain's cost scales with it
@@ -95,9 +97,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "log_every", "checkpoint_every", "batch_size", "sgld_steps", "sgld_samples", "buffer_size",
-                     "hidden"):
+                     "hidden", "width"):
             require_int(getattr(self, name), name, minimum=1 if name != "sgld_steps" else 0)
         require_int(self.clusters, "clusters", minimum=0)
+        require_int(self.stem_stride, "stem_stride", minimum=1, maximum=4)
         if self.clusters == 1:
             raise ValueError("clusters must be 0 (the number of classes) or >= 2, got 1")
         require_int(self.seed, "seed", minimum=0)
@@ -138,7 +141,8 @@ RESUME_CHANGEABLE = ("steps", "log_every", "checkpoint_every", "max_retries", "m
                      "collective_timeout")
 # Langevin step and noise per kind of data when the config leaves them None.
 SGLD_DEFAULTS = {"vector": (0.01, 0.1), "image": (1.0, 0.01)}
-AUGMENTATIONS = ("jitter", "rotation", "image")
+AUGMENTATIONS = ("jitter", "rotation", "image", "affine")
+IMAGE_AUGMENTATIONS = {"image": augment_images, "affine": affine_images}
 # Rank r's SGLD seed is seed + r * this (mod 2**63): odd, so distinct ranks never share a Philox key.
 RANK_SEED_STRIDE = 0x9E3779B97F4A7C15
 # After n divergence rollbacks the SGLD seed moves on by n * this (mod 2**63): a fresh buffer and noise stream.
@@ -164,14 +168,15 @@ class GEDITrainer:
         self.dataset = dataset if dataset is not None else load_dataset(config.dataset, config.data_root, config.seed)
         self.clusters = config.clusters or self.dataset.num_classes
         torch.manual_seed(config.seed)
-        self.model = build_model(self.dataset.input_shape, self.clusters, config.hidden).to(self.device)
+        self.model = build_model(self.dataset.input_shape, self.clusters, config.hidden, config.width,
+                                 config.stem_stride).to(self.device)
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.loss_fn = GEDILoss(config.temperature, config.gen_weight, config.inv_weight, config.prior_weight,
                                 config.assignment, energy_reg=config.energy_reg)
         self.train_x = self.dataset.train_x.to(self.device)
         self.augmentation = config.augmentation or self.dataset.augmentation
         self.view_noise = self.dataset.view_noise if config.view_noise is None else config.view_noise
-        if self.augmentation == "image" and self.dataset.kind != "image" or self.augmentation == "rotation" and (
+        if self.augmentation in IMAGE_AUGMENTATIONS and self.dataset.kind != "image" or self.augmentation == "rotation" and (
                 self.dataset.input_shape != (2,)):
             raise ValueError(f"augmentation {self.augmentation!r} does not fit dataset {self.dataset.name!r} "
                              f"with inputs of shape {self.dataset.input_shape}")
@@ -201,8 +206,9 @@ class GEDITrainer:
         self.history: list[dict] = []
 
     def views(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.augmentation == "image":
-            return augment_images(x, generator, noise=self.view_noise), augment_images(x, generator, noise=self.view_noise)
+        if self.augmentation in IMAGE_AUGMENTATIONS:
+            augment = IMAGE_AUGMENTATIONS[self.augmentation]
+            return augment(x, generator, noise=self.view_noise), augment(x, generator, noise=self.view_noise)
         augment = rotate_and_jitter if self.augmentation == "rotation" else jitter
         return augment(x, self.view_noise, generator), augment(x, self.view_noise, generator)
 

@@ -5,6 +5,7 @@ import dataclasses
 import multiprocessing
 import pathlib
 import statistics
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -27,26 +28,40 @@ VARIANTS: dict[str, dict] = {
 DATASETS = ("moons", "circles", "digits")
 
 
-def kmeans_scores(dataset: str, seed: int) -> dict[str, float]:
-    ds = load_dataset(dataset, seed=seed)
-    model = KMeans(n_clusters=ds.num_classes, n_init=10, random_state=seed).fit(ds.train_x.numpy())
-    predicted = model.predict(ds.test_x.numpy())
+def kmeans_scores(dataset: str, seed: int, root: str | None = None) -> dict[str, float]:
+    """k-means on the raw inputs (image pixels flattened), fitted on the training split, scored on the test split."""
+    ds = load_dataset(dataset, root, seed=seed)
+    started = time.perf_counter()
+    model = KMeans(n_clusters=ds.num_classes, n_init=10, random_state=seed).fit(ds.train_x.flatten(1).numpy())
+    predicted = model.predict(ds.test_x.flatten(1).numpy())
+    wall_s = time.perf_counter() - started
     return {**metrics.clustering_scores(ds.test_y.numpy(), predicted),
-            **metrics.cluster_usage(predicted, ds.num_classes)}
+            **metrics.cluster_usage(predicted, ds.num_classes), "train_wall_s": wall_s}
 
 
 def train_one(config: TrainConfig, folder: pathlib.Path, threads: int | None = None) -> dict[str, float]:
-    """One run's held-out scores; `threads` caps torch's intra-op threads (one per worker process)."""
+    """One run's held-out scores and training wall time, its checkpoint and metrics.json left in
+    `folder`; `threads` caps torch's intra-op threads (one per worker process)."""
     if threads is not None:
         torch.set_num_threads(threads)
     trainer = GEDITrainer(config, folder)
+    started = time.perf_counter()
     trainer.train()
-    return trainer.evaluate()
+    wall_s = time.perf_counter() - started
+    scores = trainer.evaluate()
+    trainer.write_metrics(scores, wall_s)
+    return {**scores, "train_wall_s": wall_s}
+
+
+def run_folder(out: str | pathlib.Path, dataset: str, variant: str, seed: int) -> pathlib.Path:
+    """Where run() trains `variant` of GEDI on `dataset` with `seed`."""
+    return pathlib.Path(out) / dataset / variant.replace(" ", "_").replace(",", "") / f"seed{seed}"
 
 
 def run(datasets=DATASETS, seeds=range(5), steps: int | None = None, out: str | pathlib.Path = "runs/triad",
-        base: TrainConfig | None = None, log=print, jobs: int = 1) -> dict[tuple[str, str], list[dict]]:
-    """{(variant, dataset): [scores per seed]} for every GEDI variant and k-means.
+        base: TrainConfig | None = None, log=print, jobs: int = 1,
+        variants: dict[str, dict] | None = None) -> dict[tuple[str, str], list[dict]]:
+    """{(variant, dataset): [scores per seed]} for every GEDI variant (default: VARIANTS) and k-means.
 
     jobs > 1 trains that many runs at once in worker processes of one thread each; every run is
     seeded on its own, so jobs changes the scores only by the last bits a different thread count
@@ -56,12 +71,11 @@ def run(datasets=DATASETS, seeds=range(5), steps: int | None = None, out: str | 
     jobs = require_int(jobs, "jobs", minimum=1)
     runs = []
     for dataset in datasets:
-        for variant, overrides in VARIANTS.items():
+        for variant, overrides in (VARIANTS if variants is None else variants).items():
             for seed in seeds:
                 config = dataclasses.replace(base, dataset=dataset, seed=seed, **overrides,
                                              **({"steps": steps} if steps else {}))
-                folder = pathlib.Path(out) / dataset / variant.replace(" ", "_").replace(",", "") / f"seed{seed}"
-                runs.append((variant, config, folder))
+                runs.append((variant, config, run_folder(out, dataset, variant, seed)))
     results: dict[tuple[str, str], list[dict]] = {}
 
     def record(variant: str, config: TrainConfig, scores: dict) -> None:
@@ -79,15 +93,16 @@ def run(datasets=DATASETS, seeds=range(5), steps: int | None = None, out: str | 
                 record(variant, config, future.result())
     for dataset in datasets:
         for seed in seeds:
-            results.setdefault(("k-means", dataset), []).append(kmeans_scores(dataset, seed))
+            results.setdefault(("k-means", dataset), []).append(kmeans_scores(dataset, seed, base.data_root))
     return results
 
 
-def markdown_table(results: dict[tuple[str, str], list[dict]], datasets=DATASETS) -> str:
+def markdown_table(results: dict[tuple[str, str], list[dict]], datasets=DATASETS,
+                   variants: dict[str, dict] | None = None) -> str:
     """NMI and ACC as mean +- std (and median NMI, largest cluster share) per variant and dataset."""
     header = "| method | " + " | ".join(f"{d} NMI | {d} ACC" for d in datasets) + " |"
     lines = [header, "|---|" + "---|---|" * len(datasets)]
-    for variant in [*VARIANTS, "k-means"]:
+    for variant in [*(VARIANTS if variants is None else variants), "k-means"]:
         cells = []
         for dataset in datasets:
             runs = results.get((variant, dataset), [])
