@@ -58,6 +58,13 @@ class SmallResNet(nn.Module):
             _ResidualBlock(width, width, 1), _ResidualBlock(width, 2 * width, 2), _ResidualBlock(2 * width, 4 * width, 2)
         )
         self.head = nn.Linear(4 * width, clusters)
+        # He initialisation: torch's default conv init shrinks every layer's output, and without batch
+        # norm seven layers leave features that differ between MNIST images by ~0.002 (0.16 with this),
+        # logits nearly equal for all inputs, and clusters that follow stroke width instead of shape.
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x)).mean(dim=(2, 3))

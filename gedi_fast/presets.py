@@ -12,7 +12,7 @@ from __future__ import annotations
 from gedi_fast.validation import require_choice
 
 PRESETS: dict[str, dict[str, object]] = {
-    "cpu-images": dict(width=32, stem_stride=2, batch_size=128, steps=2500, sgld_steps=5, sgld_samples=32,
+    "cpu-images": dict(width=32, stem_stride=2, batch_size=128, steps=1500, sgld_steps=5, sgld_samples=32,
                        buffer_size=5000, log_every=100, checkpoint_every=500),
     "paper-images": dict(width=64, stem_stride=1, batch_size=64, lr=1e-4, steps=50_000, sgld_steps=20,
                          sgld_samples=64, sgld_step_size=1.0, sgld_noise=0.01, buffer_size=10_000, reinit_prob=0.05,

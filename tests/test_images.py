@@ -55,8 +55,14 @@ def test_affine_views_replay_stay_in_range_and_never_mirror(gen):
     assert torch.equal(a, affine_images(x, torch.Generator().manual_seed(5)))
     assert a.shape == x.shape and a.min() >= -1 and a.max() <= 1 and not torch.allclose(a, x)
     # No rotation, zoom, shift or noise: the identity, so nothing is flipped behind the parameters' back.
-    same = affine_images(x, torch.Generator().manual_seed(5), degrees=0, scale=0, shift=0, noise=0)
+    same = affine_images(x, torch.Generator().manual_seed(5), degrees=0, scale=0, shift=0, noise=0, stroke=0)
     torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+    # stroke=1: every image thicker or thinner (grey dilation or erosion), about half each.
+    bar = torch.full((200, 1, 9, 9), -1.0)
+    bar[:, :, :, 3:6] = 1.0
+    changed = affine_images(bar, torch.Generator().manual_seed(2), degrees=0, scale=0, shift=0, noise=0, stroke=1)
+    ink = (changed > 0).flatten(1).sum(1)
+    assert set(ink.tolist()) == {9, 45} and 60 < (ink == 45).sum() < 140
     # What moves in is the image's own background, not a black or grey border.
     blank = torch.full((2, 1, 28, 28), -1.0)
     blank[:, :, 10:18, 10:18] = 1.0
