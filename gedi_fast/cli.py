@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import pathlib
 import platform
@@ -16,7 +15,7 @@ import torch
 
 from gedi_fast import launch
 from gedi_fast.data import DATASET_KINDS, LOADERS, DatasetUnavailable, load_dataset
-from gedi_fast.ood import ood_report, require_same_shape
+from gedi_fast.ood import record_ood, require_same_shape
 from gedi_fast.plots import plot_ood, plot_run
 from gedi_fast.presets import CHOICES as PRESET_CHOICES
 from gedi_fast.presets import preset_settings
@@ -139,11 +138,9 @@ def evaluate(args: argparse.Namespace) -> int:
     print(f"{trainer.config.dataset}: {_summary(scores)}")
     if outside is None:
         return 0
-    report, per_row = ood_report(trainer.model, trainer.config.temperature, trainer.dataset, outside, trainer.device)
     path = out / "metrics.json"
-    saved = json.loads(path.read_text()) if path.exists() else {**scores, "config": dataclasses.asdict(trainer.config)}
-    saved.setdefault("ood", {})[outside.name] = report
-    path.write_text(json.dumps(saved, indent=2))
+    report, per_row = record_ood(trainer.model, trainer.config.temperature, trainer.dataset, outside, trainer.device,
+                                 path)
     picture = plot_ood(report, per_row, out / f"ood_{outside.name}.png")
     print(f"ood {trainer.dataset.name} (in) vs {outside.name} (out): energy_auroc={report['energy_auroc']:.4f}  "
           f"max_softmax_auroc={report['max_softmax_auroc']:.4f}")

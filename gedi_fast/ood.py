@@ -8,6 +8,9 @@ baseline the energy score must beat.
 """
 from __future__ import annotations
 
+import json
+import pathlib
+
 import torch
 from torch import nn
 
@@ -53,3 +56,14 @@ def ood_report(model: nn.Module, temperature: float, inside: Dataset, outside: D
     }
     return report, {"energy_in": scores_in["energy"], "energy_out": scores_out["energy"],
                     "max_softmax_in": -scores_in["neg_max_softmax"], "max_softmax_out": -scores_out["neg_max_softmax"]}
+
+
+def record_ood(model: nn.Module, temperature: float, inside: Dataset, outside: Dataset, device: torch.device,
+               metrics_path: pathlib.Path) -> tuple[dict[str, float | int | str], dict[str, torch.Tensor]]:
+    """ood_report, also stored in `metrics_path` (a run's metrics.json, created if missing) under
+    "ood", one entry per out-of-distribution dataset."""
+    report, per_row = ood_report(model, temperature, inside, outside, device)
+    saved = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    saved.setdefault("ood", {})[outside.name] = report
+    metrics_path.write_text(json.dumps(saved, indent=2))
+    return report, per_row

@@ -40,7 +40,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 class TrainConfig:
     """Every knob of a run; saved in each checkpoint and in metrics.json.
 
-    The defaults are the ones docs/RESULTS.md measures (moons, circles, digits). SGLD uses small
+    The defaults are the ones docs/RESULTS.md measures (moons, circles, digits); image runs take a
+    preset on top (gedi_fast.presets: cpu-images, paper-images). SGLD uses small
     Langevin steps on vectors: JEM's step 1.0 / noise 0.01 are for images in [-1, 1]. energy_reg 0.1,
     JEM's remedy, keeps the energies bounded: without it, digits (seed 0) collapsed into one cluster
     (NMI 0.03, 98% of points in one cluster), and with JEM's step sizes too (NMI 0.02). None means

@@ -49,6 +49,18 @@ def test_stem_stride_quarters_the_first_stage_and_keeps_the_head():
     assert build_model((1, 28, 28), 5, width=6, stem_stride=2).head.in_features == 24
 
 
+def test_he_initialised_convolutions_spread_the_features(gen):
+    torch.manual_seed(0)
+    model = SmallResNet(1, 10, width=32, stem_stride=2)
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        fan_in = conv.weight[0].numel()
+        assert abs(conv.weight.std().item() / math.sqrt(2 / fan_in) - 1) < 0.2 and not conv.bias.any()
+    images = torch.rand(64, 1, 28, 28, generator=gen) * 2 - 1
+    with torch.no_grad():
+        spread = model.features(images).std(0).mean().item()
+    assert spread > 0.02  # torch's default init gave ~0.002 on MNIST
+
+
 def test_affine_views_replay_stay_in_range_and_never_mirror(gen):
     x = torch.rand(6, 1, 28, 28, generator=gen) * 2 - 1
     a = affine_images(x, torch.Generator().manual_seed(5))
