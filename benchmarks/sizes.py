@@ -1,4 +1,4 @@
-"""What the suites measure: DESIGN.md's baseline rows plus SwAV's per-GPU 64 x 3000, trimmed in quick mode.
+"""What the suites measure: the sizes of docs/DESIGN.md, trimmed in quick mode.
 
 Quick mode (the default without CUDA; harness.QUICK) keeps the CI CPU run under five minutes: the
 small sizes only, fewer rounds, and torch.compile (an inductor C++ build of seconds per graph on
@@ -15,7 +15,7 @@ from gedi_fast.trainer import TrainConfig
 LOGIT_SHAPES = [(256, 10), (1024, 100), (64, 3000), (4096, 3000), (32768, 1000), (4096, 65536)]
 QUICK_LOGIT_SHAPES = LOGIT_SHAPES[:3]
 QUICK_COMPILE_LOGIT_SHAPES = {(1024, 100)}
-# label -> elements of the SGLD update: JEM's batch 64x3x32x32, then DESIGN.md's rows.
+# label -> elements of the SGLD update: JEM's batch 64x3x32x32, then the sizes of docs/DESIGN.md.
 SGLD_SIZES = {"64x3x32x32": 64 * 3 * 32 * 32, "786k": 786_432, "12.6M": 12_582_912, "64M": 64 * 2**20}
 QUICK_SGLD_SIZES = ("64x3x32x32", "786k", "12.6M")
 QUICK_COMPILE_SGLD_SIZES = {"786k"}

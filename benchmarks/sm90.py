@@ -121,7 +121,7 @@ def sinkhorn_launches(batch: int, clusters: int, dtype: torch.dtype, distributed
 
 
 def design_launches() -> Iterator[Launch]:
-    """Every launch the launchers issue at the DESIGN sizes, in each logits dtype and variant."""
+    """Every launch the launchers issue at the benchmark sizes (docs/DESIGN.md), in each logits dtype and variant."""
     for (batch, clusters) in LOGIT_SHAPES:
         for dtype in DTYPES:
             for distributed in (False, True):

@@ -1,4 +1,4 @@
-"""GEDI terms (the discriminative inv and prior terms, DESIGN.md's baseline: views z1, z2, no SGLD
+"""GEDI terms (the discriminative inv and prior terms, the baseline of docs/DESIGN.md: views z1, z2, no SGLD
 samples) at temperature 0.1: forward, and forward + backward to dz1, dz2.
 
 The forward is a training forward: the logits require grad, so every implementation also keeps what
@@ -15,7 +15,7 @@ from benchmarks.harness import DEVICE, QUICK, Case, compiled_if, params, rotatin
 from benchmarks.sizes import QUICK_COMPILE_LOGIT_SHAPES, logit_shapes
 from gedi_fast import GEDILoss
 
-BF16_SHAPE = (32768, 1000)  # DESIGN.md's bf16 row, measured outside quick mode
+BF16_SHAPE = (32768, 1000)  # the bf16 size of docs/DESIGN.md, measured outside quick mode
 PASSES = {"gedi_fwd": 2, "gedi_fwd_bwd": 4}  # tensors of B x K read or written by an ideal kernel
 
 

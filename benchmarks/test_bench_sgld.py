@@ -3,7 +3,7 @@
 eager: reference_sampler.plain_sgld_step_ (two in-place adds and torch.randn_like); compile: the
 same under torch.compile; ours: gedi_fast.sgld_step_ (C++ on CPU, CUDA kernel on GPU); ours_op: the
 registered op torch.ops.gedi_fast.sgld_step_ without the Python checks, what a CUDA graph replays
-(it tells the kernel from the per-call host cost, e.g. for DESIGN.md's <= 8 us at 786k).
+(it tells the kernel from the per-call host cost, e.g. for the <= 8 us target at 786k in benchmarks/RESULTS.md).
 Ideal bytes: read x and grad once, write x once (12 bytes per float32 element).
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ from gedi_fast import triad
 from gedi_fast.data import load_dataset
 from gedi_fast.ood import record_ood
 from gedi_fast.plots import plot_ood, plot_run
+from gedi_fast.presets import PRESETS
 from gedi_fast.trainer import GEDITrainer, TrainConfig
 
 DATASETS = ("mnist5k", "fashion-mnist")
@@ -36,7 +37,9 @@ def ood_of_run(folder: pathlib.Path, outside: str, plots: bool = True) -> dict:
 
 def run(seeds=range(3), out: str | pathlib.Path = "runs/images", base: TrainConfig | None = None, jobs: int = 1,
         datasets=DATASETS, log=print) -> tuple[dict, dict]:
-    """(clustering results as triad.run gives them, {(variant, dataset): [OOD reports per seed]})."""
+    """(clustering results as triad.run gives them, {(variant, dataset): [OOD reports per seed]});
+    `base` defaults to the cpu-images preset."""
+    base = base or TrainConfig(**PRESETS["cpu-images"])
     results = triad.run(datasets, seeds, None, out, base, log=log, jobs=jobs, variants=VARIANTS)
     ood: dict[tuple[str, str], list[dict]] = {}
     for dataset in datasets:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class GEDILoss(torch.nn.Module):
-    """gen_weight*gen + inv_weight*inv + prior_weight*prior + energy_reg*energy_reg_term (DESIGN.md).
+    """gen_weight*gen + inv_weight*inv + prior_weight*prior + energy_reg*energy_reg_term (docs/DESIGN.md).
 
     Call with the two views' logits z1, z2 (B x K) and optionally the SGLD samples' logits zn
     (M x K). Internals run in float32 (float64 for float64 logits), so fp16/bf16 logits give

@@ -1,4 +1,4 @@
-"""The GEDI objective in plain torch: the formulas of DESIGN.md, written once.
+"""The GEDI objective in plain torch: the formulas of docs/DESIGN.md, written once.
 
 This module is the test oracle every kernel is checked against and the CPU runtime path. It works
 in float64 when given float64 and in float32 otherwise (fp16/bf16 inputs are upcast first), and it
@@ -123,7 +123,7 @@ def batch_sums(stats: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor 
 
 
 def terms_from_sums(sums: dict[str, torch.Tensor | int | None]) -> dict[str, torch.Tensor]:
-    """The unweighted terms and detached diagnostics of DESIGN.md from batch_sums' output.
+    """The unweighted terms and detached diagnostics of docs/DESIGN.md from batch_sums' output.
 
     Counts are ints on one process and tensors once all-reduced across ranks (never read back).
     """
@@ -151,7 +151,7 @@ def terms_from_sums(sums: dict[str, torch.Tensor | int | None]) -> dict[str, tor
 
 
 def terms_from_statistics(stats: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
-    """The unweighted terms and detached diagnostics of DESIGN.md from gedi_statistics' output."""
+    """The unweighted terms and detached diagnostics of docs/DESIGN.md from gedi_statistics' output."""
     return terms_from_sums(batch_sums(stats))
 
 

@@ -1,8 +1,8 @@
 """JEM's persistent SGLD sampler on top of the fused ops: buffer draw with re-init, N steps, write-back.
 
 On CUDA the whole chain is captured once as a CUDA graph and replayed on every call: a 20-step chain
-is hundreds of small launches, which a replay issues at once (DESIGN.md: 19 ms eager, 1.4 ms graphed
-for the moons MLP). Replays stay fresh because every random number comes from the device counter
+is hundreds of small launches, which a replay issues at once (the time saved is not measured yet: no
+GPU run has been made). Replays stay fresh because every random number comes from the device counter
 `calls`: the noise through the ops' device_offset, the buffer rows through a counter-based hash. The
 eager path computes the very same numbers, so graphed and eager chains agree.
 """

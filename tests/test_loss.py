@@ -1,4 +1,4 @@
-"""GEDILoss: API contract of DESIGN.md, gradients, and clear errors for bad input."""
+"""GEDILoss: API contract of docs/DESIGN.md, gradients, and clear errors for bad input."""
 from __future__ import annotations
 
 import os

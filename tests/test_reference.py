@@ -26,7 +26,7 @@ def swav_sinkhorn(scores: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
 
 
 def naive_terms(z1, z2, zn, temperature, targets=None):
-    """DESIGN.md's formulas taken literally in float64 (softmax, then log; pbar, then log)."""
+    """docs/DESIGN.md's formulas taken literally in float64 (softmax, then log; pbar, then log)."""
     q1, q2 = torch.softmax(z1 / temperature, -1), torch.softmax(z2 / temperature, -1)
     e = lambda z: -torch.logsumexp(z / temperature, -1)  # noqa: E731
     ev = torch.cat([e(z1), e(z2)])

@@ -1,5 +1,5 @@
 """The sm_90 compile lane: every Triton kernel built for Hopper at the configurations its launcher
-picks for the DESIGN sizes in fp32/bf16/fp16 (benchmarks/sm90.py), on a machine without a GPU.
+picks for the benchmark sizes (docs/DESIGN.md) in fp32/bf16/fp16 (benchmarks/sm90.py), on a machine without a GPU.
 
 It fails on a build error, on a spill, and when the source Inductor regenerates for a kernel under
 torch.compile does not import or build; benchmarks/SM90.md is the table of the same builds.
