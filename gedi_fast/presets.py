@@ -2,7 +2,7 @@
 
 An SGLD chain through a CNN costs one forward and backward of the network per step and sample, so an
 image run is designed around that cost: `cpu-images` trades network width, chain length and samples
-for steps a 2-core CPU finishes in about a quarter of an hour (docs/RESULTS.md gives each setting's
+for steps a 2-core CPU finishes in about 6 minutes alone, 10 beside a second run (docs/RESULTS.md gives each setting's
 cost); `paper-images` is the paper's setting (a ResNet-8-style CNN at full resolution, JEM's SGLD:
 20 steps of size 1 with noise 0.01 from a 10000-sample replay buffer, 5% fresh), for a GPU.
 Vector data needs no preset: TrainConfig's defaults are measured on it.
