@@ -22,16 +22,15 @@ VARIANTS = {"GEDI (full)": {}, "without gen": dict(triad.VARIANTS["without gen"]
 PARTNERS = {"mnist5k": "fashion-mnist", "fashion-mnist": "mnist5k"}
 
 
-def ood_of_run(folder: pathlib.Path, outside: str, plots: bool = True) -> dict:
-    """What `gedi-fast eval --out folder --ood outside` records: the OOD report, into metrics.json too;
-    with `plots`, the run's PNGs and the OOD histograms as well."""
+def ood_of_run(folder: pathlib.Path, outside: str) -> dict:
+    """What `gedi-fast eval --out folder --ood outside` records (the OOD report, into metrics.json too,
+    and the OOD histograms), plus the run's PNGs."""
     trainer = GEDITrainer.resume(folder)
     other = load_dataset(outside, trainer.config.data_root, trainer.config.seed)
     report, per_row = record_ood(trainer.model, trainer.config.temperature, trainer.dataset, other, trainer.device,
                                  folder / "metrics.json")
-    if plots:
-        plot_run(trainer)
-        plot_ood(report, per_row, folder / f"ood_{other.name}.png")
+    plot_run(trainer)
+    plot_ood(report, per_row, folder / f"ood_{other.name}.png")
     return report
 
 

@@ -28,13 +28,12 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
     folder = pathlib.Path(out) if out is not None else trainer.out
     folder.mkdir(parents=True, exist_ok=True)
     model, dataset = trainer.model.eval(), trainer.dataset
-    test_x = dataset.test_x.to(trainer.device)
     predicted = batched_logits(model, dataset.test_x, trainer.device).argmax(1)
     written = []
 
     fig, ax = plt.subplots(figsize=(5, 4))
     if dataset.input_shape == (2,):
-        lo, hi = test_x.min(0).values.cpu() - 0.5, test_x.max(0).values.cpu() + 0.5
+        lo, hi = dataset.test_x.min(0).values - 0.5, dataset.test_x.max(0).values + 0.5
         gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 200), torch.linspace(lo[1], hi[1], 200), indexing="xy")
         grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).to(trainer.device)
         regions = model(grid).argmax(1).reshape(gx.shape).cpu()
