@@ -62,7 +62,6 @@ if __name__ == "__main__":
 
     setup(
         packages=["gedi_fast", "gedi_fast.ops", "gedi_fast.kernels"],
-        package_dir={"gedi_fast.kernels": "kernels"},
         ext_modules=extension_modules(),
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )

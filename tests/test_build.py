@@ -1,4 +1,4 @@
-"""Packaging: the CUDA build decision, the kernels/ namespace, and a compile-only nvcc check."""
+"""Packaging: the CUDA build decision, where the kernels package lives, and a compile-only nvcc check."""
 from __future__ import annotations
 
 import importlib.util
@@ -56,10 +56,10 @@ def test_ops_are_registered_after_import():
     assert callable(torch.ops.gedi_fast.buffer_draw)
 
 
-def test_kernels_install_under_the_gedi_fast_namespace(tmp_path):
+def test_kernels_are_imported_from_where_they_live(tmp_path):
     import gedi_fast.kernels
 
-    assert pathlib.Path(gedi_fast.kernels.__file__).parent == ROOT / "kernels"
+    assert pathlib.Path(gedi_fast.kernels.__file__).parent == ROOT / "gedi_fast" / "kernels"
     probe = "import importlib.util, gedi_fast.kernels; print(importlib.util.find_spec('kernels') is None)"
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "True"  # no top-level `kernels` module outside the source tree
