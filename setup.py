@@ -57,11 +57,11 @@ def extension_modules() -> list:
 
 
 if __name__ == "__main__":
-    from setuptools import setup
+    from setuptools import find_packages, setup
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
-        packages=["gedi_fast", "gedi_fast.ops", "gedi_fast.kernels"],
+        packages=find_packages(include=["gedi_fast", "gedi_fast.*"]),
         ext_modules=extension_modules(),
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )

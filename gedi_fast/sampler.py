@@ -17,10 +17,10 @@ from torch import nn
 from gedi_fast.ops.sgld import SGLDChainStep, buffer_draw
 from gedi_fast.precision import tf32_state
 from gedi_fast.reference import energy, energy_grad
+from gedi_fast.rng import call_key, mix32
 from gedi_fast.validation import SAMPLE_DTYPES, check_logits, require_int, require_real
 
 STATE_KEYS = ("buffer", "calls", "seed")
-_MASK32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,6 @@ class SGLDConfig:
             raise ValueError(f"reinit_prob must lie in [0, 1], got {self.reinit_prob}")
         if require_real(self.init_low, "init_low") >= require_real(self.init_high, "init_high"):
             raise ValueError(f"init_low must be below init_high, got [{self.init_low}, {self.init_high})")
-
-
-def mix32(x: torch.Tensor | int) -> torch.Tensor | int:
-    """Wellons' lowbias32 hash of 32-bit values held in int64 (tensors or ints alike).
-
-    Both multipliers are below 2**31, so no int64 product overflows and the CPU, CUDA and Python
-    results are the same numbers.
-    """
-    x = x ^ (x >> 16)
-    x = (x * 0x21F0AAAD) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x735A2D97) & _MASK32
-    return x ^ (x >> 15)
 
 
 def _autocast_without_cache(device_type: str) -> torch.autocast:
@@ -164,8 +151,7 @@ class SGLDSampler:
         The row hashes do not depend on the call and are kept from one call to the next.
         """
         calls = int(self._calls) if self._calls.device.type == "cpu" else self._calls
-        key = mix32(mix32(self.seed & _MASK32) ^ mix32(self.seed >> 32))
-        key = mix32(mix32(key ^ (calls & _MASK32)) ^ (calls >> 32))
+        key = call_key(self.seed, calls)
         return torch.remainder(mix32(self._hashes_of_rows(batch_size) ^ key), self.config.buffer_size)
 
     def _hashes_of_rows(self, batch_size: int) -> torch.Tensor:

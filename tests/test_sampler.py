@@ -10,10 +10,8 @@ import torch
 from gedi_fast import SGLDConfig, SGLDSampler, buffer_draw, sgld_step_
 from gedi_fast.models import MLPClusterer
 from gedi_fast.reference import energy_grad
+from gedi_fast.rng import call_key, mix32
 from gedi_fast import sampler as sampler_module
-from gedi_fast.sampler import mix32
-
-MASK32 = 0xFFFFFFFF
 
 CENTRES = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
 
@@ -71,8 +69,7 @@ def test_bad_config(kwargs, match):
 
 def expected_indices(seed: int, calls: int, batch: int, buffer_size: int) -> torch.Tensor:
     """The documented row draw, recomputed with Python ints: hash of (seed, calls, row) mod the buffer size."""
-    key = mix32(mix32(seed & MASK32) ^ mix32(seed >> 32))
-    key = mix32(mix32(key ^ (calls & MASK32)) ^ (calls >> 32))
+    key = call_key(seed, calls)
     return torch.tensor([mix32(mix32(row) ^ key) % buffer_size for row in range(batch)])
 
 
@@ -81,9 +78,9 @@ def test_mix32_on_tensors_equals_mix32_on_ints():
     values = [0, 1, 2**31 - 1, 2**32 - 1, 2**32, 2**40 + 5, 2**63 - 1]
     values += torch.randint(0, 2**62, (64,), generator=torch.Generator().manual_seed(3)).tolist()
     assert mix32(torch.tensor(values)).tolist() == [mix32(v) for v in values]
-    for calls in (0, 7, 2**32 + 9):
-        key, device_key = mix32(mix32(calls & MASK32) ^ (calls >> 32)), torch.tensor(calls)
-        assert int(mix32(mix32(device_key & MASK32) ^ (device_key >> 32))) == key
+    for seed in (0, 3, 2**40 + 5):
+        for calls in (0, 7, 2**32 + 9):
+            assert int(call_key(seed, torch.tensor(calls))) == call_key(seed, calls)
 
 
 @pytest.mark.parametrize("seed", [3, 2**40 + 5])

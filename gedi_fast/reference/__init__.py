@@ -1,0 +1,37 @@
+"""The GEDI objective in plain torch: the formulas of docs/DESIGN.md, written once, one module per op.
+
+This package is the test oracle every kernel is checked against and the CPU runtime path. It works
+in float64 when given float64 and in float32 otherwise (fp16/bf16 inputs are upcast first), and it
+stays finite for every finite input: log-probabilities come from logsumexp, the prior's batch mean is
+taken in the log domain, and Sinkhorn-Knopp runs on log-scaled matrices. Given `ranks`
+(gedi_fast.distributed), the batch is every rank's rows together: the same formulas over sums that
+are all-reduced across ranks.
+
+logits: softmax, energy and its gradient; gedi: the GEDI terms and their gradients; sinkhorn:
+balanced assignments; sgld: the SGLD update and buffer draw (their random numbers: gedi_fast.rng).
+"""
+from gedi_fast.reference.gedi import (
+    ASSIGNMENTS,
+    DIAGNOSTIC_NAMES,
+    TERM_NAMES,
+    TERM_VECTOR,
+    assignment_targets,
+    batch_sums,
+    gedi_gradients,
+    gedi_statistics,
+    gedi_terms,
+    terms_from_statistics,
+    terms_from_sums,
+    weighted_loss,
+)
+from gedi_fast.reference.logits import compute_dtype, energy, energy_grad, scaled_log_softmax
+from gedi_fast.reference.sgld import buffer_draw, sgld_step
+from gedi_fast.reference.sinkhorn import sinkhorn_knopp
+from gedi_fast.rng import philox4x32_10, philox_normal
+
+__all__ = [
+    "ASSIGNMENTS", "DIAGNOSTIC_NAMES", "TERM_NAMES", "TERM_VECTOR", "assignment_targets", "batch_sums", "buffer_draw",
+    "compute_dtype", "energy", "energy_grad", "gedi_gradients", "gedi_statistics", "gedi_terms", "philox4x32_10",
+    "philox_normal", "scaled_log_softmax", "sgld_step", "sinkhorn_knopp", "terms_from_statistics", "terms_from_sums",
+    "weighted_loss",
+]

@@ -1,0 +1,52 @@
+"""The SGLD ops in plain torch and numpy: the update and the replay-buffer draw, on the Philox streams of
+gedi_fast.rng (the numbers the C++ and CUDA kernels draw)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gedi_fast.rng import ROW_STREAM_BIT, element_words, philox_words, unit_uniform
+
+
+def sgld_step(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    step_size: float,
+    noise_std: float,
+    noise: torch.Tensor,
+    clamp: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """clamp(x - step_size * grad + noise_std * noise) in float32, returned in x's dtype (not in place)."""
+    v = x.float() - step_size * grad.float()
+    v = v + noise_std * noise.float()
+    if clamp is not None:
+        v = v.clamp(clamp[0], clamp[1])
+    return v.to(x.dtype)
+
+
+def buffer_draw(
+    buffer: torch.Tensor,
+    indices: torch.Tensor,
+    reinit_prob: float,
+    low: float,
+    high: float,
+    seed: int,
+    offset: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows buffer[indices], each replaced with probability reinit_prob by U[low, high) noise.
+
+    Row r is re-initialised when the uniform from word r % 4 of row-stream group r // 4 is below
+    reinit_prob; its element e (flat index in the output) then takes word e % 4 of group e // 4.
+    """
+    rows = indices.shape[0]
+    row_groups = np.arange((rows + 3) // 4, dtype=np.uint64) | np.uint64(ROW_STREAM_BIT)
+    row_u = unit_uniform(philox_words(row_groups, seed, offset).reshape(-1)[:rows])
+    reinit = torch.from_numpy(row_u < np.float32(reinit_prob))
+    out = buffer[indices.cpu()].clone()
+    u = unit_uniform(element_words(out.numel(), seed, offset))
+    lo, hi = np.float32(low), np.float32(high)
+    noise = lo + (hi - lo) * u
+    noise = np.where(noise < hi, noise, lo)
+    fresh = torch.from_numpy(noise).reshape(out.shape).to(out.dtype)
+    out[reinit] = fresh[reinit]
+    return out, reinit
