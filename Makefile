@@ -22,10 +22,11 @@ install:
 	  $(PIP) install -q --no-build-isolation -e ".[dev]" && echo "$$want" > $(BUILD_STAMP); \
 	fi
 
-# The CPU suite, then the Triton interpreter lane in its own process (TRITON_INTERPRET=1 before triton's import).
+# The CPU suite, then the Triton interpreter lane (the tests marked `interpreter`) in its own process:
+# TRITON_INTERPRET=1 must be set before triton's import.
 test: install
 	$(PYTHON) -m pytest tests
-	TRITON_INTERPRET=1 $(PYTHON) -m pytest tests/interpreter -p no:cacheprovider
+	TRITON_INTERPRET=1 $(PYTHON) -m pytest tests -p no:cacheprovider
 
 # The suites on the device at hand (quick mode without CUDA: GEDI_BENCH_QUICK), then the report:
 # $(BENCH_OUT)/bench.json, bench.md (tables), bench.png (speedup against size per op).

@@ -1,4 +1,10 @@
-"""Shared fixtures: a seeded generator per test, one intra-op thread on request, and the GPU-lane skip."""
+"""Shared fixtures (a seeded generator per test, one intra-op thread on request) and the lanes.
+
+A test marked `interpreter` runs Triton kernels on CPU tensors, which needs TRITON_INTERPRET=1 set
+before triton is imported, so those tests run in a process of their own: with TRITON_INTERPRET=1
+only they are collected, without it all the others (`make test` starts both). A test marked `gpu`
+is skipped without a CUDA device.
+"""
 from __future__ import annotations
 
 import os
@@ -7,11 +13,14 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-# The interpreter lane runs in its own process, with TRITON_INTERPRET=1 set before triton's import.
-collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["interpreter"]
+INTERPRETER_LANE = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    other_lane = [item for item in items if ("interpreter" in item.keywords) != INTERPRETER_LANE]
+    if other_lane:
+        config.hook.pytest_deselected(items=other_lane)
+        items[:] = [item for item in items if ("interpreter" in item.keywords) == INTERPRETER_LANE]
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="GPU lane: no CUDA device")

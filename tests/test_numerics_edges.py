@@ -1,9 +1,12 @@
-"""Numerics at the edges and property-based comparisons of every op with the reference on the CPU
-(the plain-torch backend and the C++ SGLD kernels); the stated tolerances are in tests/tolerances.py.
+"""Numerics at the edges and property-based comparisons of every op with the float64 reference, on the
+plain-torch backend and the Triton kernels (interpreter lane), and of the C++ SGLD kernels with theirs;
+the stated tolerances are in tests/tolerances.py.
 
 Edge: fp16/bf16 logits up to +-1e4 with temperature 0.05 and Sinkhorn eps 0.01 give finite losses
 and gradients within the edge tolerances of the float64 reference. Properties: hypothesis draws shapes,
 dtypes and value scales (1e-2 to 1e4), deterministically (derandomize), and compares every op.
+The interpreter has no bf16, so its edge cases run fp16 and fp32 (bf16 on the Triton kernels is
+checked in the GPU lane, tests/test_gpu_triton.py).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import math
 
 import pytest
 import torch
+from backends import LOSS_BACKENDS, per_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerances import EDGE_SINKHORN_ATOL, OUTPUT_ROUNDING, U, assert_matches_float64, sinkhorn_tolerance
@@ -18,7 +22,8 @@ from tolerances import EDGE_SINKHORN_ATOL, OUTPUT_ROUNDING, U, assert_matches_fl
 from gedi_fast import GEDILoss, buffer_draw, reference, sgld_step_, sinkhorn_knopp
 
 EDGE = dict(temperature=0.05, sinkhorn_eps=0.01)
-LOW_PRECISION = [torch.float16, torch.bfloat16]
+EDGE_DTYPES = {"torch": [torch.float16, torch.bfloat16], "triton": [torch.float16, torch.float32]}
+PROPERTY_DTYPES = {"torch": [torch.float32, torch.float16, torch.bfloat16], "triton": [torch.float32, torch.float16]}
 PROPERTY = settings(deadline=None, max_examples=40, derandomize=True)
 
 
@@ -28,27 +33,28 @@ def uniform(gen: torch.Generator, rows: int, cols: int, scale: float, dtype: tor
 
 # --- the edge: +-1e4, temperature 0.05, eps 0.01 ------------------------------------------------
 
-@pytest.mark.parametrize("dtype", LOW_PRECISION)
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("backend,dtype", per_backend(EDGE_DTYPES))
+@pytest.mark.parametrize("assignment", reference.ASSIGNMENTS)
 @pytest.mark.parametrize("batch,clusters,samples", [(64, 10, 16), (33, 100, 5), (7, 3, 0)])
-def test_huge_low_precision_logits_match_float64(gen, dtype, assignment, batch, clusters, samples):
+def test_huge_logits_match_float64(gen, backend, dtype, assignment, batch, clusters, samples):
     inputs = [uniform(gen, n, clusters, 1e4, dtype) for n in (batch, batch, samples) if n]
-    assert_matches_float64("torch", inputs, edge=True, assignment=assignment, energy_reg=0.01, **EDGE)
+    assert_matches_float64(backend, inputs, edge=True, assignment=assignment, energy_reg=0.01, **EDGE)
 
 
-@pytest.mark.parametrize("dtype", LOW_PRECISION)
-def test_saturated_ties_at_plus_minus_1e4(gen, dtype):
+@pytest.mark.parametrize("backend,dtype", per_backend(EDGE_DTYPES))
+@pytest.mark.parametrize("assignment", reference.ASSIGNMENTS)
+def test_saturated_ties_at_plus_minus_1e4(gen, backend, dtype, assignment):
     # Every logit at +-1e4: exact ties, one-hot and uniform rows, the largest energies.
     inputs = [torch.where(torch.rand(9, 6, generator=gen) < 0.5, 1e4, -1e4).to(dtype) for _ in range(3)]
-    for assignment in ("softmax", "sinkhorn"):
-        assert_matches_float64("torch", inputs, edge=True, assignment=assignment, energy_reg=0.01, **EDGE)
+    assert_matches_float64(backend, inputs, edge=True, assignment=assignment, energy_reg=0.01, **EDGE)
 
 
-@pytest.mark.parametrize("dtype", LOW_PRECISION + [torch.float32])
+@pytest.mark.parametrize("backend,dtype", per_backend({name: [*dtypes, torch.float32] if torch.float32 not in dtypes
+                                                             else dtypes for name, dtypes in EDGE_DTYPES.items()}))
 @pytest.mark.parametrize("batch,clusters", [(64, 10), (7, 3), (37, 300)])
-def test_sinkhorn_at_the_edge(gen, dtype, batch, clusters):
+def test_sinkhorn_at_the_edge(gen, backend, dtype, batch, clusters):
     scores = uniform(gen, batch, clusters, 1e4, dtype)
-    q = sinkhorn_knopp(scores, 0.01, 3)
+    q = sinkhorn_knopp(scores, 0.01, 3, backend=backend)
     assert q.dtype == torch.float32 and torch.isfinite(q).all()
     torch.testing.assert_close(q.sum(1), torch.ones(batch), rtol=0, atol=1e-6)
     exact = reference.sinkhorn_knopp(scores.double(), 0.01, 3)
@@ -57,23 +63,29 @@ def test_sinkhorn_at_the_edge(gen, dtype, batch, clusters):
 
 # --- non-finite inputs: documented behaviour without check_finite ---------------------------------
 
+@pytest.mark.parametrize("backend", LOSS_BACKENDS)
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 @pytest.mark.parametrize("where", [0, 1, 2])
-def test_nan_or_inf_logits_give_nan_loss_without_check(value, where):
-    z = [torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(2, 3)]
+def test_nan_or_inf_logits_give_nan_loss_without_check(gen, backend, value, where):
+    z = [torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen), torch.randn(2, 4, generator=gen)]
     z[where][1, 2] = value
-    for assignment in ("softmax", "sinkhorn"):
-        assert math.isnan(GEDILoss(assignment=assignment)(*z).item())
+    for assignment in reference.ASSIGNMENTS:
+        assert math.isnan(GEDILoss(backend=backend, assignment=assignment)(*z).item())
     with pytest.raises(ValueError, match=f"{('z1', 'z2', 'zn')[where]} must be finite"):
-        GEDILoss(check_finite=True)(*z)
+        GEDILoss(backend=backend, check_finite=True)(*z)
+    # Sinkhorn: NaN where the bad score is (the reference makes every row NaN, the kernels need not).
+    assert torch.isnan(sinkhorn_knopp(z[where], backend=backend)[1, 2])
+    with pytest.raises(ValueError, match="scores must be finite"):
+        sinkhorn_knopp(z[where], backend=backend, check_finite=True)
 
 
-def test_minus_inf_logit_is_a_cluster_of_probability_zero():
+@pytest.mark.parametrize("backend", LOSS_BACKENDS)
+def test_minus_inf_logit_is_a_cluster_of_probability_zero(backend):
     zn = torch.zeros(2, 3)
     zn[0, 1] = -math.inf
-    loss = GEDILoss()(torch.zeros(4, 3), torch.zeros(4, 3), zn)
+    loss = GEDILoss(backend=backend)(torch.zeros(4, 3), torch.zeros(4, 3), zn)
     assert torch.isfinite(loss)
-    q = sinkhorn_knopp(torch.tensor([[0.0, -math.inf], [0.0, 0.0]]))
+    q = sinkhorn_knopp(torch.tensor([[0.0, -math.inf], [0.0, 0.0]]), backend=backend)
     assert q[0, 1] == 0 and torch.isfinite(q).all()
 
 
@@ -86,34 +98,58 @@ def test_nan_propagates_through_sgld_and_buffer_draw():
     assert math.isnan(out[0, 0]) and out[1, 0] == 2.0
 
 
+@pytest.mark.interpreter
+@pytest.mark.parametrize("layout", ["row slice", "expanded", "transposed"])
+def test_strided_and_expanded_logits_equal_contiguous(gen, layout):
+    # Regression: the kernels once read z2 with z1's row stride and wrote gradients with it.
+    wide = torch.randn(8, 12, generator=gen)
+    z1 = {"row slice": wide[:, 2:7], "expanded": torch.randn(1, 5, generator=gen).expand(8, 5),
+          "transposed": torch.randn(5, 8, generator=gen).t()}[layout]
+    z2, zn = torch.randn(8, 5, generator=gen), torch.randn(12, 10, generator=gen)[::3, 1::2]
+    assert not z1.is_contiguous() and not zn.is_contiguous()
+    results = []
+    for inputs in ([z1, z2, zn], [z1.contiguous(), z2, zn.contiguous()]):
+        leaves = [t.detach().requires_grad_(True) for t in inputs]
+        loss = GEDILoss(backend="triton", energy_reg=0.01)(*leaves)
+        loss.backward()
+        results.append((loss.detach(), [t.grad for t in leaves]))
+    (loss, grads), (want_loss, want_grads) = results
+    assert torch.equal(loss, want_loss)
+    for got, want in zip(grads, want_grads):
+        assert torch.equal(got, want)
+
+
 # --- properties: every op against the reference ---------------------------------------------------
 
 SCALES = st.floats(min_value=-2.0, max_value=4.0).map(lambda e: 10.0**e)
 SEEDS = st.integers(0, 2**31 - 1)
 
 
+@pytest.mark.parametrize("backend", LOSS_BACKENDS)
 @PROPERTY
-@given(batch=st.integers(1, 9), clusters=st.integers(2, 40), samples=st.integers(0, 5),
-       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), scale=SCALES,
-       temperature=st.sampled_from([0.05, 0.1, 0.5, 1.0]), assignment=st.sampled_from(["softmax", "sinkhorn"]),
-       eps=st.sampled_from([0.01, 0.05, 0.5]), seed=SEEDS)
-def test_gedi_loss_matches_float64_reference(batch, clusters, samples, dtype, scale, temperature, assignment, eps,
-                                            seed):
+@given(batch=st.integers(1, 9), clusters=st.integers(2, 40), samples=st.integers(0, 5), dtype_index=st.integers(0, 2),
+       scale=SCALES, temperature=st.sampled_from([0.05, 0.1, 0.5, 1.0]),
+       assignment=st.sampled_from(reference.ASSIGNMENTS), eps=st.sampled_from([0.01, 0.05, 0.5]), seed=SEEDS)
+def test_gedi_loss_matches_float64_reference(backend, batch, clusters, samples, dtype_index, scale, temperature,
+                                            assignment, eps, seed):
+    dtypes = PROPERTY_DTYPES[backend]
+    dtype = dtypes[dtype_index % len(dtypes)]
     gen = torch.Generator().manual_seed(seed)
     inputs = [uniform(gen, n, clusters, scale, dtype) for n in (batch, batch, samples) if n]
     # energy_reg's gradient, ~|E| / (rows temperature), would overflow fp16 at the largest scales.
     energy_reg = 0.0 if dtype == torch.float16 else 0.01
-    assert_matches_float64("torch", inputs, temperature=temperature, assignment=assignment, sinkhorn_eps=eps,
+    assert_matches_float64(backend, inputs, temperature=temperature, assignment=assignment, sinkhorn_eps=eps,
                            energy_reg=energy_reg)
 
 
+@pytest.mark.parametrize("backend", LOSS_BACKENDS)
 @PROPERTY
-@given(batch=st.integers(1, 40), clusters=st.integers(2, 60), iters=st.integers(1, 5),
-       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), scale=SCALES,
-       eps=st.sampled_from([0.01, 0.05, 0.5]), seed=SEEDS)
-def test_sinkhorn_matches_float64_reference(batch, clusters, iters, dtype, scale, eps, seed):
-    scores = uniform(torch.Generator().manual_seed(seed), batch, clusters, scale, dtype)
-    q = sinkhorn_knopp(scores, eps, iters)
+@given(batch=st.integers(1, 40), clusters=st.integers(2, 60), iters=st.integers(1, 5), dtype_index=st.integers(0, 2),
+       scale=SCALES, eps=st.sampled_from([0.01, 0.05, 0.5]), seed=SEEDS)
+def test_sinkhorn_matches_float64_reference(backend, batch, clusters, iters, dtype_index, scale, eps, seed):
+    dtypes = PROPERTY_DTYPES[backend]
+    scores = uniform(torch.Generator().manual_seed(seed), batch, clusters, scale, dtypes[dtype_index % len(dtypes)])
+    q = sinkhorn_knopp(scores, eps, iters, backend=backend)
     assert torch.isfinite(q).all()
     exact = reference.sinkhorn_knopp(scores.double(), eps, iters)
     assert (q.double() - exact).abs().max().item() <= sinkhorn_tolerance(scores, eps)

@@ -20,6 +20,8 @@ import triton
 from gedi_fast import reference
 from gedi_fast.kernels import launching, sinkhorn
 
+pytestmark = pytest.mark.interpreter
+
 ATOL = 1e-5
 SCHEDULES = ("single", "multi")  # the launcher's own configurations, forced to one path
 SMALL_BLOCKS = ("single_small_rows", "multi_grouped", "multi_chunked")

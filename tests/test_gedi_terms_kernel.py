@@ -7,6 +7,8 @@ import torch
 from gedi_fast import GEDILoss, reference
 from gedi_fast.kernels import gedi_terms as fused
 
+pytestmark = pytest.mark.interpreter
+
 WEIGHTS = [0.7, 1.3, 0.9, 0.01]  # gen, inv, prior, energy_reg
 
 

@@ -7,6 +7,8 @@ import torch
 import gedi_fast
 from gedi_fast import reference
 
+pytestmark = pytest.mark.interpreter
+
 
 def test_public_sinkhorn_triton_backend(gen):
     scores = torch.rand(37, 11, generator=gen) * 2 - 1

@@ -13,6 +13,8 @@ import torch
 from benchmarks import sm90
 from gedi_fast.kernels import gedi_terms, sinkhorn
 
+pytestmark = pytest.mark.interpreter
+
 PROBLEMS = [(5, 7), (1, 2), (3, 11)]
 
 

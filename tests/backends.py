@@ -1,0 +1,27 @@
+"""The backends a test runs an op on, one pytest param each, marked with the lane that runs it.
+
+"torch" is the plain-torch reference backend (the CPU suite); "triton" on CPU tensors is the Triton
+kernels under the interpreter (marked `interpreter`: its own process, see conftest.py). The C++ SGLD
+kernels have no backend switch: their tests call the ops on CPU tensors.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import pytest
+import torch
+
+REFERENCE = pytest.param("torch", id="reference")
+INTERPRETER = pytest.param("triton", id="interpreter", marks=pytest.mark.interpreter)
+LOSS_BACKENDS = (REFERENCE, INTERPRETER)
+
+
+def per_backend(values: Mapping[str, Iterable], backends: Iterable = LOSS_BACKENDS) -> list:
+    """(backend, value) params: each backend with its own list of values (dtypes, sizes), in its lane."""
+    params = []
+    for backend in backends:
+        (name,) = backend.values
+        for value in values[name]:
+            label = str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else str(value)
+            params.append(pytest.param(name, value, id=f"{backend.id}-{label}", marks=backend.marks))
+    return params
