@@ -1,8 +1,9 @@
 """The backends a test runs an op on, one pytest param each, marked with the lane that runs it.
 
 "torch" is the plain-torch reference backend (the CPU suite); "triton" on CPU tensors is the Triton
-kernels under the interpreter (marked `interpreter`: its own process, see conftest.py). The C++ SGLD
-kernels have no backend switch: their tests call the ops on CPU tensors.
+kernels under the interpreter (marked `interpreter`: its own process, see conftest.py). The SGLD ops
+have no backend switch: the tensors' device picks the C++ kernels ("cpu") or the CUDA ones ("cuda",
+marked `gpu`: the GPU lane).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 REFERENCE = pytest.param("torch", id="reference")
 INTERPRETER = pytest.param("triton", id="interpreter", marks=pytest.mark.interpreter)
 LOSS_BACKENDS = (REFERENCE, INTERPRETER)
+SGLD_DEVICES = (pytest.param("cpu", id="cpp"), pytest.param("cuda", id="gpu", marks=pytest.mark.gpu))
 
 
 def per_backend(values: Mapping[str, Iterable], backends: Iterable = LOSS_BACKENDS) -> list:

@@ -1,4 +1,5 @@
-"""The fused SGLD step and replay-buffer draw (C++ CPU kernels) against the reference."""
+"""The fused SGLD step and replay-buffer draw against the reference: the C++ kernels, and the CUDA ones
+in the GPU lane (tests/test_gpu.py adds the CUDA-only checks: bitwise equal to the CPU, graph capture)."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from backends import SGLD_DEVICES
 from scipy import stats
 
 import gedi_fast
@@ -16,9 +18,9 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BIG_SEED = 2**64 - 1
 
 
-def draw_noise(numel: int, seed: int, offset: int | torch.Tensor) -> torch.Tensor:
-    x = torch.zeros(numel)
-    return sgld_step_(x, torch.zeros(numel), 0.0, 1.0, seed=seed, offset=offset)
+def draw_noise(numel: int, seed: int, offset: int | torch.Tensor, device: str = "cpu") -> torch.Tensor:
+    x = torch.zeros(numel, device=device)
+    return sgld_step_(x, torch.zeros(numel, device=device), 0.0, 1.0, seed=seed, offset=offset).cpu()
 
 
 # --- the generator ------------------------------------------------------------------------------
@@ -37,10 +39,11 @@ def test_reference_philox_known_answers(counter, key, expected):
     assert tuple(int(v) for v in out[0]) == expected
 
 
+@pytest.mark.parametrize("device", SGLD_DEVICES)
 @pytest.mark.parametrize("numel", SIZES)
 @pytest.mark.parametrize("seed,offset", [(0, 0), (7, 1), (BIG_SEED, 2**40 + 3), (2**33 + 5, 2**64 - 1)])
-def test_kernel_noise_is_philox_box_muller(numel, seed, offset):
-    got = draw_noise(numel, seed, offset).double()
+def test_kernel_noise_is_philox_box_muller(device, numel, seed, offset):
+    got = draw_noise(numel, seed, offset, device).double()
     want = reference.philox_normal(numel, seed, offset)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
 
@@ -96,27 +99,29 @@ def test_device_offset_tensor_equals_int_offset():
 
 # --- the update ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("device", SGLD_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1,), (3, 5), (2, 3, 7, 7), (64, 3, 8, 9)])
 @pytest.mark.parametrize("clamp", [None, 1.0, (-0.5, 2.0)])
-def test_exact_without_noise(gen, dtype, shape, clamp):
+def test_exact_without_noise(gen, device, dtype, shape, clamp):
     x = (torch.randn(*shape, generator=gen) * 2).to(dtype)
     g = (torch.randn(*shape, generator=gen) * 3).to(dtype)
     bounds = (-clamp, clamp) if isinstance(clamp, float) else clamp
     expected = reference.sgld_step(x, g, 0.37, 0.0, torch.zeros(shape), bounds)
-    out = sgld_step_(x.clone(), g, 0.37, 0.0, seed=5, clamp=clamp)
+    out = sgld_step_(x.to(device), g.to(device), 0.37, 0.0, seed=5, clamp=clamp).cpu()
     assert out.dtype == dtype
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("device", SGLD_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("numel", SIZES)
-def test_update_with_noise_matches_reference(gen, dtype, numel):
+def test_update_with_noise_matches_reference(gen, device, dtype, numel):
     x = torch.randn(numel, generator=gen).to(dtype)
     g = torch.randn(numel, generator=gen).to(dtype)
     noise = reference.philox_normal(numel, 17, 3)
     expected = reference.sgld_step(x, g, 1.0, 0.01, noise, (-1.0, 1.0))
-    out = sgld_step_(x.clone(), g, 1.0, 0.01, seed=17, offset=3, clamp=(-1.0, 1.0))
+    out = sgld_step_(x.to(device), g.to(device), 1.0, 0.01, seed=17, offset=3, clamp=(-1.0, 1.0)).cpu()
     tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
     torch.testing.assert_close(out.float(), expected.float(), rtol=0, atol=tol)
 
@@ -200,13 +205,15 @@ def test_grad_sharing_memory_with_x_is_refused_and_neighbours_are_not():
 
 # --- the replay-buffer draw ---------------------------------------------------------------------
 
+@pytest.mark.parametrize("device", SGLD_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("row_shape", [(), (3,), (5,), (3, 7, 7)])
 @pytest.mark.parametrize("reinit_prob", [0.0, 0.05, 0.5, 1.0])
-def test_buffer_draw_matches_reference_exactly(gen, dtype, row_shape, reinit_prob):
+def test_buffer_draw_matches_reference_exactly(gen, device, dtype, row_shape, reinit_prob):
     buffer = torch.randn(50, *row_shape, generator=gen).to(dtype)
     indices = torch.randint(0, 50, (37,), generator=gen)
-    out, reinit = buffer_draw(buffer, indices, reinit_prob, -1.0, 1.0, seed=21, offset=4)
+    out, reinit = (t.cpu() for t in buffer_draw(buffer.to(device), indices.to(device), reinit_prob, -1.0, 1.0,
+                                                  seed=21, offset=4))
     want_out, want_reinit = reference.buffer_draw(buffer, indices, reinit_prob, -1.0, 1.0, 21, 4)
     assert out.shape == (37, *row_shape) and out.dtype == dtype and reinit.dtype == torch.bool
     assert torch.equal(reinit, want_reinit)
@@ -260,16 +267,19 @@ def test_buffer_draw_rejects_out_of_range_indices(bad_index):
 
 # --- registration -------------------------------------------------------------------------------
 
-def test_opcheck_sgld_step(gen):
-    x = torch.randn(3, 17, generator=gen)
-    g = torch.randn(3, 17, generator=gen)
-    for args in [(x, g, 0.1, 0.01, 3, 4, None, None, None), (x, g, 0.1, 0.01, 3, 0, torch.tensor(4), -1.0, 1.0)]:
+@pytest.mark.parametrize("device", SGLD_DEVICES)
+def test_opcheck_sgld_step(gen, device):
+    x = torch.randn(3, 17, generator=gen).to(device)
+    g = torch.randn(3, 17, generator=gen).to(device)
+    offset = torch.tensor(4, device=device)
+    for args in [(x, g, 0.1, 0.01, 3, 4, None, None, None), (x, g, 0.1, 0.01, 3, 0, offset, -1.0, 1.0)]:
         torch.library.opcheck(torch.ops.gedi_fast.sgld_step_.default, args)
 
 
-def test_opcheck_buffer_draw(gen):
-    buffer = torch.randn(20, 3, 4, generator=gen)
-    idx = torch.randint(0, 20, (7,), generator=gen)
+@pytest.mark.parametrize("device", SGLD_DEVICES)
+def test_opcheck_buffer_draw(gen, device):
+    buffer = torch.randn(20, 3, 4, generator=gen).to(device)
+    idx = torch.randint(0, 20, (7,), generator=gen).to(device)
     torch.library.opcheck(torch.ops.gedi_fast.buffer_draw.default, (buffer, idx, 0.3, -1.0, 1.0, 2, 9, None))
 
 
