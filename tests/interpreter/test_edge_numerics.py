@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tolerances import EDGE_SINKHORN_ATOL, assert_matches_float64, sinkhorn_tolerance
 
 from gedi_fast import GEDILoss, reference, sinkhorn_knopp
+from gedi_fast.ops import ASSIGNMENTS
 
 EDGE = dict(temperature=0.05, sinkhorn_eps=0.01)
 PROPERTY = settings(deadline=None, max_examples=20, derandomize=True)
@@ -24,7 +25,7 @@ def uniform(gen: torch.Generator, rows: int, cols: int, scale: float, dtype: tor
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 @pytest.mark.parametrize("batch,clusters,samples", [(16, 10, 8), (7, 3, 0)])
 def test_huge_logits_match_float64(gen, dtype, assignment, batch, clusters, samples):
     inputs = [uniform(gen, n, clusters, 1e4, dtype) for n in (batch, batch, samples) if n]
@@ -49,7 +50,7 @@ SCALES = st.floats(min_value=-2.0, max_value=4.0).map(lambda e: 10.0**e)
 @PROPERTY
 @given(batch=st.integers(1, 6), clusters=st.integers(2, 12), samples=st.integers(0, 3),
        dtype=st.sampled_from([torch.float32, torch.float16]), scale=SCALES,
-       temperature=st.sampled_from([0.05, 0.1, 0.5, 1.0]), assignment=st.sampled_from(["softmax", "sinkhorn"]),
+       temperature=st.sampled_from([0.05, 0.1, 0.5, 1.0]), assignment=st.sampled_from(ASSIGNMENTS),
        eps=st.sampled_from([0.01, 0.05, 0.5]), seed=st.integers(0, 2**31 - 1))
 def test_gedi_loss_matches_float64_reference(batch, clusters, samples, dtype, scale, temperature, assignment, eps,
                                             seed):
@@ -96,7 +97,7 @@ def test_strided_and_expanded_logits_equal_contiguous(gen, layout):
 def test_non_finite_logits_give_nan_loss_or_a_clear_error(gen, value):
     z1 = torch.randn(6, 4, generator=gen)
     z1[2, 1] = value
-    for assignment in ("softmax", "sinkhorn"):
+    for assignment in ASSIGNMENTS:
         assert math.isnan(GEDILoss(backend="triton", assignment=assignment)(z1, torch.zeros(6, 4)).item())
     with pytest.raises(ValueError, match="z1 must be finite"):
         GEDILoss(backend="triton", check_finite=True)(z1, torch.zeros(6, 4))
