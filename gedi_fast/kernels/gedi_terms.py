@@ -27,7 +27,7 @@ import triton.language as tl
 
 from gedi_fast import reference
 from gedi_fast.distributed import Ranks
-from gedi_fast.kernels.launching import direct, on_device
+from gedi_fast.kernels.launching import LaunchPlan, direct, on_device, tile_warps
 
 SINGLE_CHUNK_MAX = 4096  # widest row (columns, padded to a power of 2) one tile holds
 # Per view and tile, rows x columns held in registers at once, and how many of them one thread holds.
@@ -433,20 +433,17 @@ def _bwd_rows_kernel(
 # --- host side ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Plan:
-    """Tile shapes, grid and warps for one kernel's pass over a B x K problem with M samples."""
+class TermsPlan(LaunchPlan):
+    """One GEDI-terms kernel's pass over a B x K problem with M samples: whole rows in one tile or
+    column chunks, and how many programs take the view rows and the sample rows."""
 
     single_chunk: bool
-    block_b: int
-    block_k: int
-    rows_per_program: int
     view_programs: int
     sample_programs: int
-    num_warps: int
 
     @staticmethod
     def make(batch: int, samples: int, clusters: int, tile_elements: int, elements_per_thread: int,
-             max_warps: int) -> "_Plan":
+             max_warps: int) -> "TermsPlan":
         width = triton.next_power_of_2(clusters)
         if width <= SINGLE_CHUNK_MAX:
             block_k = width
@@ -456,24 +453,24 @@ class _Plan:
             single = True
         else:
             block_k, block_b, rows_per_program, single = CHUNK_COLUMNS, CHUNK_ROWS, CHUNK_ROWS, False
-        return _Plan(
-            single_chunk=single,
+        return TermsPlan(
             block_b=block_b,
             block_k=block_k,
             rows_per_program=rows_per_program,
+            num_warps=tile_warps(block_b, block_k, elements_per_thread, max_warps),
+            single_chunk=single,
             view_programs=triton.cdiv(batch, rows_per_program),
             sample_programs=triton.cdiv(samples, rows_per_program),
-            num_warps=max(4, min(max_warps, block_b * block_k // (32 * elements_per_thread))),
         )
 
 
-def forward_plan(batch: int, samples: int, clusters: int) -> _Plan:
-    return _Plan.make(batch, samples, clusters, FWD_TILE_ELEMENTS, FWD_ELEMENTS_PER_THREAD, 16)
+def forward_plan(batch: int, samples: int, clusters: int) -> TermsPlan:
+    return TermsPlan.make(batch, samples, clusters, FWD_TILE_ELEMENTS, FWD_ELEMENTS_PER_THREAD, 16)
 
 
-def backward_plan(batch: int, samples: int, clusters: int) -> _Plan:
+def backward_plan(batch: int, samples: int, clusters: int) -> TermsPlan:
     """The backward keeps about ten tiles live: twice the forward's tile over up to 32 warps."""
-    return _Plan.make(batch, samples, clusters, BWD_TILE_ELEMENTS, BWD_ELEMENTS_PER_THREAD, 32)
+    return TermsPlan.make(batch, samples, clusters, BWD_TILE_ELEMENTS, BWD_ELEMENTS_PER_THREAD, 32)
 
 
 def _contiguous(t: torch.Tensor) -> torch.Tensor:
