@@ -5,10 +5,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gedi_fast import reference
 from gedi_fast.distributed import check_distributed, resolve
-from gedi_fast.ops.backend import BACKENDS, use_triton
-from gedi_fast.ops.sinkhorn import fused_sinkhorn_knopp
+from gedi_fast.ops.backend import BACKENDS
+from gedi_fast.ops.gedi import ASSIGNMENTS, gedi_loss
 from gedi_fast.validation import (
     check_gedi_inputs,
     require_bool,
@@ -72,7 +71,7 @@ class GEDILoss(torch.nn.Module):
             "prior": require_real(prior_weight, "prior_weight"),
             "energy_reg": require_real(energy_reg, "energy_reg", non_negative=True),
         }
-        self.assignment = require_choice(assignment, "assignment", reference.ASSIGNMENTS)
+        self.assignment = require_choice(assignment, "assignment", ASSIGNMENTS)
         self.sinkhorn_eps = require_real(sinkhorn_eps, "sinkhorn_eps", positive=True)
         self.sinkhorn_iters = require_int(sinkhorn_iters, "sinkhorn_iters", minimum=1)
         self.backend = require_choice(backend, "backend", BACKENDS)
@@ -93,29 +92,9 @@ class GEDILoss(torch.nn.Module):
                 if z is not None:
                     require_finite(z, name)
         ranks = resolve(self.distributed, self.process_group)
-        if use_triton(self.backend, z1):
-            loss, terms = self._fused(z1, z2, zn, ranks)
-        else:
-            terms = reference.gedi_terms(
-                z1, z2, zn, self.temperature, self.assignment, self.sinkhorn_eps, self.sinkhorn_iters, ranks
-            )
-            loss = reference.weighted_loss(terms, self.weights)
+        loss, terms = gedi_loss(z1, z2, zn, self.temperature, self.weights, self.assignment, self.sinkhorn_eps,
+                                self.sinkhorn_iters, self.backend, ranks)
         return (loss, terms) if return_terms else loss
-
-    def _fused(self, z1, z2, zn, ranks) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from gedi_fast.kernels import gedi_terms
-
-        targets = None
-        if self.assignment == "sinkhorn":
-            targets = tuple(
-                fused_sinkhorn_knopp(z.detach(), self.sinkhorn_eps, self.sinkhorn_iters, ranks) for z in (z1, z2)
-            )
-        weights = [self.weights[name] for name in reference.TERM_NAMES]
-        vector = gedi_terms.gedi_terms(z1, z2, zn, targets, self.temperature, weights, ranks)
-        values = dict(zip(reference.TERM_VECTOR, vector.unbind()))
-        terms = {name: values[name] for name in reference.TERM_NAMES}
-        terms.update({name: values[name].detach() for name in reference.DIAGNOSTIC_NAMES})
-        return values["loss"], terms
 
     def extra_repr(self) -> str:
         # Named as the constructor's arguments: gen_weight, inv_weight, prior_weight, energy_reg.

@@ -6,6 +6,7 @@ import torch
 
 from gedi_fast import GEDILoss, reference
 from gedi_fast.kernels import gedi_terms as fused
+from gedi_fast.ops import ASSIGNMENTS
 
 pytestmark = pytest.mark.interpreter
 
@@ -74,7 +75,7 @@ def sinkhorn_targets(z1, z2, eps):
 @pytest.mark.parametrize("batch", [1, 7, 64])
 @pytest.mark.parametrize("clusters", [2, 3, 10, 100, 1000])
 @pytest.mark.parametrize("samples", [0, 5])
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_terms_and_gradients_match_reference(gen, batch, clusters, samples, assignment):
     z1, z2, zn = make_inputs(gen, batch, clusters, samples, scale=3.0)
     targets = sinkhorn_targets(z1, z2, 0.5) if assignment == "sinkhorn" else None
@@ -84,7 +85,7 @@ def test_terms_and_gradients_match_reference(gen, batch, clusters, samples, assi
     assert_matches(*got, *want, rtol=2e-5)
 
 
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 @pytest.mark.parametrize("batch,clusters,samples", [(7, 10, 5), (64, 1000, 0), (1, 3, 5)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_huge_logits_no_worse_than_torch_at_the_same_precision(gen, assignment, batch, clusters, samples, dtype):
@@ -104,7 +105,7 @@ def test_huge_logits_no_worse_than_torch_at_the_same_precision(gen, assignment, 
         assert_within_twice_torch_error(got, same, want)
 
 
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_float16_inputs_no_worse_than_torch_at_the_same_precision(gen, assignment):
     z1, z2, zn = make_inputs(gen, 33, 100, 5, scale=8.0, dtype=torch.float16)
     targets = sinkhorn_targets(z1, z2, 0.5) if assignment == "sinkhorn" else None
@@ -118,7 +119,7 @@ def test_float16_inputs_no_worse_than_torch_at_the_same_precision(gen, assignmen
         assert_within_twice_torch_error(got, same, want)
 
 
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 @pytest.mark.parametrize("clusters", [37, 300])
 def test_chunked_columns_many_programs_and_separate_combine(gen, monkeypatch, assignment, clusters):
     # Force every path the large shapes take: column chunks, several programs, the combine kernel.
@@ -154,7 +155,7 @@ def test_deterministic(gen):
     assert torch.equal(first[0], second[0]) and all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
 
 
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_loss_module_triton_backend_equals_torch_backend(gen, assignment):
     z1, z2, zn = make_inputs(gen, 16, 12, 4, scale=2.0)
     results = {}

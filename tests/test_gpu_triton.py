@@ -6,6 +6,7 @@ import torch
 from tolerances import EDGE_SINKHORN_ATOL, assert_matches_float64
 
 from gedi_fast import GEDILoss, reference, sinkhorn_knopp
+from gedi_fast.ops import ASSIGNMENTS
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("triton")
@@ -39,7 +40,7 @@ def check_against_reference(z1, z2, zn, assignment, temperature, rtol):
 @pytest.mark.parametrize("batch", [1, 7, 64, 257])
 @pytest.mark.parametrize("clusters", [2, 3, 10, 100, 1000, 3000, 5000])
 @pytest.mark.parametrize("samples", [0, 5])
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_gedi_terms_shape_matrix_fp32(batch, clusters, samples, assignment):
     gen = torch.Generator(device="cuda").manual_seed(batch * 7919 + clusters)
     z1, z2 = (torch.randn(batch, clusters, device="cuda", generator=gen) * 3 for _ in range(2))
@@ -71,7 +72,7 @@ def test_gedi_terms_huge_logits_bf16_finite():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 @pytest.mark.parametrize("batch,clusters,samples", [(256, 10, 64), (64, 1000, 16), (7, 3, 0)])
 def test_huge_low_precision_logits_match_float64(dtype, assignment, batch, clusters, samples):
     # The edge of tests/tolerances.py; bf16 runs only here (the interpreter has no bf16).
@@ -113,7 +114,7 @@ def test_gedi_loss_is_deterministic():
 
 @pytest.mark.parametrize("compiler", ["inductor", "aot_eager"])
 @pytest.mark.parametrize("samples", [0, 32])  # without samples two written arguments once shared a tensor
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_compile_fullgraph_parity(assignment, samples, compiler):
     loss_fn = GEDILoss(assignment=assignment, backend="triton", **WEIGHTS)
     compiled = torch.compile(loss_fn, fullgraph=True, backend=compiler)

@@ -12,6 +12,7 @@ import torch
 
 from benchmarks import sm90
 from gedi_fast.kernels import gedi_terms, sinkhorn
+from gedi_fast.ops import ASSIGNMENTS
 
 pytestmark = pytest.mark.interpreter
 
@@ -60,7 +61,7 @@ def assert_written_arguments_are_private(launches: list[sm90.Launch]) -> None:
 
 @pytest.mark.parametrize("batch,clusters", PROBLEMS)
 @pytest.mark.parametrize("samples", [0, 4])
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 @pytest.mark.parametrize("distributed", [False, True])
 @pytest.mark.parametrize("schedule", ["single_chunk", "chunked_with_combine"])
 def test_gedi_terms_launches(monkeypatch, batch, clusters, samples, assignment, distributed, schedule):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gedi_fast import GEDILoss, reference
+from gedi_fast.ops import ASSIGNMENTS
 
 TERMS = {"gen", "inv", "prior", "energy_reg", "energy_data", "energy_neg", "cluster_entropy"}
 
@@ -102,6 +103,10 @@ def test_bad_inputs_name_the_argument(z1, z2, zn, error, match):
 def test_tensors_on_different_devices_are_rejected():
     with pytest.raises(ValueError, match="z2 must be on z1's device"):
         GEDILoss()(GOOD, torch.zeros(4, 3, device="meta"))
+
+
+def test_every_assignment_mode_has_its_reference_formula():
+    assert ASSIGNMENTS == reference.ASSIGNMENTS
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from tolerances import EDGE_SINKHORN_ATOL, OUTPUT_ROUNDING, U, assert_matches_float64, sinkhorn_tolerance
 
 from gedi_fast import GEDILoss, buffer_draw, reference, sgld_step_, sinkhorn_knopp
+from gedi_fast.ops import ASSIGNMENTS
 
 EDGE = dict(temperature=0.05, sinkhorn_eps=0.01)
 EDGE_DTYPES = {"torch": [torch.float16, torch.bfloat16], "triton": [torch.float16, torch.float32]}
@@ -34,7 +35,7 @@ def uniform(gen: torch.Generator, rows: int, cols: int, scale: float, dtype: tor
 # --- the edge: +-1e4, temperature 0.05, eps 0.01 ------------------------------------------------
 
 @pytest.mark.parametrize("backend,dtype", per_backend(EDGE_DTYPES))
-@pytest.mark.parametrize("assignment", reference.ASSIGNMENTS)
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 @pytest.mark.parametrize("batch,clusters,samples", [(64, 10, 16), (33, 100, 5), (7, 3, 0)])
 def test_huge_logits_match_float64(gen, backend, dtype, assignment, batch, clusters, samples):
     inputs = [uniform(gen, n, clusters, 1e4, dtype) for n in (batch, batch, samples) if n]
@@ -42,7 +43,7 @@ def test_huge_logits_match_float64(gen, backend, dtype, assignment, batch, clust
 
 
 @pytest.mark.parametrize("backend,dtype", per_backend(EDGE_DTYPES))
-@pytest.mark.parametrize("assignment", reference.ASSIGNMENTS)
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_saturated_ties_at_plus_minus_1e4(gen, backend, dtype, assignment):
     # Every logit at +-1e4: exact ties, one-hot and uniform rows, the largest energies.
     inputs = [torch.where(torch.rand(9, 6, generator=gen) < 0.5, 1e4, -1e4).to(dtype) for _ in range(3)]
@@ -69,7 +70,7 @@ def test_sinkhorn_at_the_edge(gen, backend, dtype, batch, clusters):
 def test_nan_or_inf_logits_give_nan_loss_without_check(gen, backend, value, where):
     z = [torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen), torch.randn(2, 4, generator=gen)]
     z[where][1, 2] = value
-    for assignment in reference.ASSIGNMENTS:
+    for assignment in ASSIGNMENTS:
         assert math.isnan(GEDILoss(backend=backend, assignment=assignment)(*z).item())
     with pytest.raises(ValueError, match=f"{('z1', 'z2', 'zn')[where]} must be finite"):
         GEDILoss(backend=backend, check_finite=True)(*z)
@@ -129,7 +130,7 @@ SEEDS = st.integers(0, 2**31 - 1)
 @PROPERTY
 @given(batch=st.integers(1, 9), clusters=st.integers(2, 40), samples=st.integers(0, 5), dtype_index=st.integers(0, 2),
        scale=SCALES, temperature=st.sampled_from([0.05, 0.1, 0.5, 1.0]),
-       assignment=st.sampled_from(reference.ASSIGNMENTS), eps=st.sampled_from([0.01, 0.05, 0.5]), seed=SEEDS)
+       assignment=st.sampled_from(ASSIGNMENTS), eps=st.sampled_from([0.01, 0.05, 0.5]), seed=SEEDS)
 def test_gedi_loss_matches_float64_reference(backend, batch, clusters, samples, dtype_index, scale, temperature,
                                             assignment, eps, seed):
     dtypes = PROPERTY_DTYPES[backend]

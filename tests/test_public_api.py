@@ -6,6 +6,7 @@ import torch
 
 import gedi_fast
 from gedi_fast import reference
+from gedi_fast.ops import ASSIGNMENTS
 
 pytestmark = pytest.mark.interpreter
 
@@ -28,7 +29,7 @@ def test_auto_backend_uses_the_kernels_when_the_interpreter_is_active(gen, monke
 
 
 @pytest.mark.parametrize("samples", [0, 3])
-@pytest.mark.parametrize("assignment", ["softmax", "sinkhorn"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_triton_path_compiles_fullgraph_with_aot_eager_and_matches_eager(gen, assignment, samples):
     """fullgraph=True: GEDILoss's Triton path (backend choice, Sinkhorn targets, the registered ops,
     autograd) traces without a graph break. Under the interpreter the ops' traced bodies are the

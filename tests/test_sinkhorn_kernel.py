@@ -25,23 +25,28 @@ pytestmark = pytest.mark.interpreter
 ATOL = 1e-5
 SCHEDULES = ("single", "multi")  # the launcher's own configurations, forced to one path
 SMALL_BLOCKS = ("single_small_rows", "multi_grouped", "multi_chunked")
+# Multi-pass with 8 x 64 tiles: several row groups and, at K = 300, several column chunks.
+CHUNKED_PLAN = sinkhorn.SinkhornPlan(block_b=8, block_k=64, rows_per_program=8, num_warps=4, single_launch=False)
 
 
-def _config(schedule: str, n_rows: int, n_cols: int) -> sinkhorn._Config:
+def _plan(schedule: str, n_rows: int, n_cols: int) -> sinkhorn.SinkhornPlan:
     """The launcher's choice for each path, or small blocks: several row blocks in one program,
     groups of several row blocks, several column chunks."""
     whole = triton.next_power_of_2(n_cols)
     return {
-        "single": sinkhorn._choose_config(n_rows, n_cols, multi_pass=False),
-        "multi": sinkhorn._choose_config(n_rows, n_cols, multi_pass=True),
-        "single_small_rows": sinkhorn._Config(True, 4, whole, n_rows, 4),
-        "multi_grouped": sinkhorn._Config(False, 4, whole, 16, 4),
-        "multi_chunked": sinkhorn._Config(False, 16, max(1, whole // 4), 16, 4),
+        "single": sinkhorn.launch_plan(n_rows, n_cols, multi_pass=False),
+        "multi": sinkhorn.launch_plan(n_rows, n_cols, multi_pass=True),
+        "single_small_rows": sinkhorn.SinkhornPlan(block_b=4, block_k=whole, rows_per_program=n_rows, num_warps=4,
+                                                   single_launch=True),
+        "multi_grouped": sinkhorn.SinkhornPlan(block_b=4, block_k=whole, rows_per_program=16, num_warps=4,
+                                               single_launch=False),
+        "multi_chunked": sinkhorn.SinkhornPlan(block_b=16, block_k=max(1, whole // 4), rows_per_program=16, num_warps=4,
+                                               single_launch=False),
     }[schedule]
 
 
 def _run(scores: torch.Tensor, eps: float, iters: int, schedule: str, reduce_columns=None) -> torch.Tensor:
-    return sinkhorn._run(scores, eps, iters, reduce_columns, launching.direct, _config(schedule, *scores.shape))
+    return sinkhorn._run(scores, eps, iters, reduce_columns, launching.direct, _plan(schedule, *scores.shape))
 
 
 def _uniform(gen: torch.Generator, n_rows: int, n_cols: int, scale: float) -> torch.Tensor:
@@ -122,10 +127,10 @@ def test_fp16_scores(gen, n_rows, n_cols, schedule):
 
 
 def test_launcher_picks_single_launch_for_small_and_chunks_for_wide():
-    assert sinkhorn._choose_config(256, 10, multi_pass=False).single_launch
-    assert sinkhorn._choose_config(64, 3000, multi_pass=False).single_launch
-    assert not sinkhorn._choose_config(64, 3000, multi_pass=True).single_launch
-    wide = sinkhorn._choose_config(4096, 65536, multi_pass=False)
+    assert sinkhorn.launch_plan(256, 10, multi_pass=False).single_launch
+    assert sinkhorn.launch_plan(64, 3000, multi_pass=False).single_launch
+    assert not sinkhorn.launch_plan(64, 3000, multi_pass=True).single_launch
+    wide = sinkhorn.launch_plan(4096, 65536, multi_pass=False)
     assert not wide.single_launch and wide.block_k < 65536 and wide.block_b * wide.block_k <= 1 << 14
 
 
@@ -142,8 +147,8 @@ def test_schedules_agree_with_many_blocks_and_chunks(gen):
     """B=37, K=300 with BLOCK_B=8, BLOCK_K=64: five row blocks and five column chunks."""
     scores = _uniform(gen, 37, 300, 1.0)
     single = sinkhorn.sinkhorn_knopp(scores, 0.05, 3)
-    assert sinkhorn._choose_config(37, 300, multi_pass=False).single_launch
-    multi = sinkhorn._run(scores, 0.05, 3, None, launching.direct, sinkhorn._Config(False, 8, 64, 8, 4))
+    assert sinkhorn.launch_plan(37, 300, multi_pass=False).single_launch
+    multi = sinkhorn._run(scores, 0.05, 3, None, launching.direct, CHUNKED_PLAN)
     torch.testing.assert_close(multi, single, atol=1e-6, rtol=0)
     torch.testing.assert_close(multi.double(), reference.sinkhorn_knopp(scores.double(), 0.05, 3), atol=ATOL, rtol=0)
 
@@ -172,7 +177,7 @@ def test_hook_called_once_per_cluster_step_and_identity_changes_nothing(gen, ite
     hooked = sinkhorn.sinkhorn_knopp(scores, 0.05, iters, reduce_columns=hook)
     assert calls == [(torch.float32, torch.float32, (10,), (10,), True)] * iters
     plain = sinkhorn._run(scores, 0.05, iters, None, launching.direct,
-                          sinkhorn._choose_config(16, 10, multi_pass=True))
+                          sinkhorn.launch_plan(16, 10, multi_pass=True))
     assert torch.equal(hooked, plain)
 
 
@@ -183,7 +188,7 @@ def test_hook_constant_factor_on_l_cancels(gen):
 
 
 def _two_ranks_in_lockstep(halves: list[torch.Tensor], eps: float, iters: int,
-                           config: sinkhorn._Config | None) -> list[torch.Tensor]:
+                           plan: sinkhorn.SinkhornPlan | None) -> list[torch.Tensor]:
     """Each half on its own thread; the hook is an all-reduce through a shared dict. Only the
     thread holding the lock runs (waiting releases it), so the interpreter never runs two kernels
     at once."""
@@ -208,7 +213,7 @@ def _two_ranks_in_lockstep(halves: list[torch.Tensor], eps: float, iters: int,
 
         with lock:
             try:
-                outs[r] = sinkhorn._run(halves[r], eps, iters, all_reduce, launching.direct, config)
+                outs[r] = sinkhorn._run(halves[r], eps, iters, all_reduce, launching.direct, plan)
             except BaseException as exc:
                 errors.append(exc)
                 lock.notify_all()
@@ -223,11 +228,11 @@ def _two_ranks_in_lockstep(halves: list[torch.Tensor], eps: float, iters: int,
     return outs
 
 
-@pytest.mark.parametrize("config", [None, sinkhorn._Config(False, 8, 64, 8, 4)], ids=["default", "chunked"])
+@pytest.mark.parametrize("plan", [None, CHUNKED_PLAN], ids=["default", "chunked"])
 @pytest.mark.parametrize("iters", [1, 3])
-def test_two_ranks_equal_the_full_batch(gen, iters, config):
+def test_two_ranks_equal_the_full_batch(gen, iters, plan):
     scores = _uniform(gen, 37, 300, 1.0)
-    outs = _two_ranks_in_lockstep([scores[:18], scores[18:]], 0.05, iters, config)
+    outs = _two_ranks_in_lockstep([scores[:18], scores[18:]], 0.05, iters, plan)
     union = torch.cat(outs)
     _check_assignments(union, 37, 300)
     torch.testing.assert_close(union.double(), reference.sinkhorn_knopp(scores.double(), 0.05, iters), atol=ATOL, rtol=0)

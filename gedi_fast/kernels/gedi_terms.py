@@ -27,7 +27,7 @@ import triton.language as tl
 
 from gedi_fast import reference
 from gedi_fast.distributed import Ranks
-from gedi_fast.kernels.launching import direct, on_device
+from gedi_fast.kernels.launching import LaunchPlan, direct, on_device, tile_warps
 
 SINGLE_CHUNK_MAX = 4096  # widest row (columns, padded to a power of 2) one tile holds
 # Per view and tile, rows x columns held in registers at once, and how many of them one thread holds.
@@ -43,6 +43,15 @@ CHUNK_ROWS = 8
 COMBINE_IN_FINALIZE_MAX = 1 << 16  # partial entries the single finalize program merges itself
 TARGET_PROGRAMS = 264  # enough programs to fill an H200 (132 SMs) twice over
 N_TERMS = len(reference.TERM_VECTOR)
+# Where the kernels write each value of the terms vector (and read its upstream gradient).
+_LOSS_SLOT = tl.constexpr(reference.TERM_VECTOR.index("loss"))
+_GEN_SLOT = tl.constexpr(reference.TERM_VECTOR.index("gen"))
+_INV_SLOT = tl.constexpr(reference.TERM_VECTOR.index("inv"))
+_PRIOR_SLOT = tl.constexpr(reference.TERM_VECTOR.index("prior"))
+_ENERGY_REG_SLOT = tl.constexpr(reference.TERM_VECTOR.index("energy_reg"))
+_ENERGY_DATA_SLOT = tl.constexpr(reference.TERM_VECTOR.index("energy_data"))
+_ENERGY_NEG_SLOT = tl.constexpr(reference.TERM_VECTOR.index("energy_neg"))
+_CLUSTER_ENTROPY_SLOT = tl.constexpr(reference.TERM_VECTOR.index("cluster_entropy"))
 SIZE_ARGS = ["B", "M", "K", "n_parts", "n_view_programs", "rows_per_program"]
 
 
@@ -63,13 +72,13 @@ def _load_targets(ptr, rows, cols, col_ok, stride):
 
 
 @triton.jit
-def _load_view_tiles(z1, z2, t1, t2, rows, cols, col_ok, stride_z, stride_t, inv_tau, SINKHORN: tl.constexpr):
-    """Both views' scaled logits and, for Sinkhorn, their targets (else the logits stand in, unused)."""
+def _load_view_tiles(z1, z2, t1, t2, rows, cols, col_ok, stride_z, stride_t, inv_tau, CONSTANT_TARGETS: tl.constexpr):
+    """Both views' scaled logits and, given constant targets, those (else the logits stand in, unused)."""
     s1 = _load_scaled(z1, rows, cols, col_ok, stride_z, inv_tau)
     s2 = _load_scaled(z2, rows, cols, col_ok, stride_z, inv_tau)
     w1 = s1
     w2 = s2
-    if SINKHORN:
+    if CONSTANT_TARGETS:
         w1 = _load_targets(t1, rows, cols, col_ok, stride_t)
         w2 = _load_targets(t2, rows, cols, col_ok, stride_t)
     return s1, s2, w1, w2
@@ -108,11 +117,11 @@ def _merge_max_sum(m_a, s_a, m_b, s_b):
 
 
 @triton.jit
-def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, SINKHORN: tl.constexpr):
+def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS: tl.constexpr):
     """A tile's contribution to cross1 = sum t2 log q1, cross2 = sum t1 log q2, and its column summaries."""
     lq1 = s1 - lse1[:, None]
     lq2 = s2 - lse2[:, None]
-    if not SINKHORN:
+    if not CONSTANT_TARGETS:
         w1 = tl.exp(lq1)
         w2 = tl.exp(lq2)
     valid = row_ok[:, None] & col_ok[None, :]
@@ -155,7 +164,7 @@ def _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K):
 def _fwd_rows_kernel(
     z1, z2, zn, t1, t2, stats, lse_n, part_max, part_sum,
     B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program,
-    SINKHORN: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    CONSTANT_TARGETS: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     r = tl.arange(0, BLOCK_B)
@@ -170,10 +179,11 @@ def _fwd_rows_kernel(
                 rows = row0 + sub + r
                 row_ok = rows < B
                 safe_rows = tl.minimum(rows, B - 1)
-                s1, s2, w1, w2 = _load_view_tiles(z1, z2, t1, t2, safe_rows, c, col_ok, stride_z, stride_t, inv_tau, SINKHORN)
+                s1, s2, w1, w2 = _load_view_tiles(z1, z2, t1, t2, safe_rows, c, col_ok, stride_z, stride_t, inv_tau,
+                                                  CONSTANT_TARGETS)
                 lse1 = _row_lse(s1)
                 lse2 = _row_lse(s2)
-                cross1, cross2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, SINKHORN)
+                cross1, cross2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS)
                 acc_max, acc_sum = _merge_max_sum(acc_max, acc_sum, col_max, col_sum)
                 _store_stats(stats, rows, row_ok, lse1, lse2, cross1, cross2)
             tl.store(part_max + pid.to(tl.int64) * K + c, acc_max, mask=col_ok)
@@ -197,8 +207,8 @@ def _fwd_rows_kernel(
             for start in range(0, K, BLOCK_K):
                 col_ok = start + c < K
                 s1, s2, w1, w2 = _load_view_tiles(z1 + start, z2 + start, t1 + start, t2 + start, safe_rows, c, col_ok,
-                                                  stride_z, stride_t, inv_tau, SINKHORN)
-                d1, d2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, SINKHORN)
+                                                  stride_z, stride_t, inv_tau, CONSTANT_TARGETS)
+                d1, d2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS)
                 cross1 += d1
                 cross2 += d2
                 tl.store(part_max + pid.to(tl.int64) * K + start + c, col_max, mask=col_ok)
@@ -271,14 +281,14 @@ def _finalize_kernel(
     energy_reg = tl.sum(lse_sq, 0) / n_views + tl.sum(n_sq, 0) / samples
     inv = -tl.sum(cross, 0) / n_views
     prior = -tl.log((K * 1.0)) - tl.sum(log_sum, 0) / K
-    tl.store(terms + 0, w_gen * gen + w_inv * inv + w_prior * prior + w_ereg * energy_reg)
-    tl.store(terms + 1, gen)
-    tl.store(terms + 2, inv)
-    tl.store(terms + 3, prior)
-    tl.store(terms + 4, energy_reg)
-    tl.store(terms + 5, energy_data)
-    tl.store(terms + 6, energy_neg)
-    tl.store(terms + 7, tl.sum(entropy, 0))
+    tl.store(terms + _LOSS_SLOT, w_gen * gen + w_inv * inv + w_prior * prior + w_ereg * energy_reg)
+    tl.store(terms + _GEN_SLOT, gen)
+    tl.store(terms + _INV_SLOT, inv)
+    tl.store(terms + _PRIOR_SLOT, prior)
+    tl.store(terms + _ENERGY_REG_SLOT, energy_reg)
+    tl.store(terms + _ENERGY_DATA_SLOT, energy_data)
+    tl.store(terms + _ENERGY_NEG_SLOT, energy_neg)
+    tl.store(terms + _CLUSTER_ENTROPY_SLOT, tl.sum(entropy, 0))
 
 
 # --- backward -----------------------------------------------------------------------------------
@@ -294,14 +304,14 @@ def _prior_share(lq, col_max, col_logsum, log_k):
 
 
 @triton.jit
-def _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok, SINKHORN: tl.constexpr):
-    """Per-row sum_k q_k c_k (c_k = 1 / (K N pbar_k)) for both views and, for Sinkhorn, sum_k t_k."""
+def _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok, CONSTANT_TARGETS: tl.constexpr):
+    """Per-row sum_k q_k c_k (c_k = 1 / (K N pbar_k)) for both views and, given constant targets, sum_k t_k."""
     valid = col_ok[None, :]
     p1 = tl.sum(tl.where(valid, _prior_share(s1 - lse1[:, None], col_max, col_logsum, log_k), 0.0), 1)
     p2 = tl.sum(tl.where(valid, _prior_share(s2 - lse2[:, None], col_max, col_logsum, log_k), 0.0), 1)
     t1_sum = p1
     t2_sum = p2
-    if SINKHORN:
+    if CONSTANT_TARGETS:
         t1_sum = tl.sum(w1, 1)
         t2_sum = tl.sum(w2, 1)
     return p1, p2, t1_sum, t2_sum
@@ -310,7 +320,7 @@ def _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok
 @triton.jit
 def _bwd_views_tile(
     s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum, col_max, col_logsum, log_k, n_views,
-    g_gen, g_inv, g_prior, g_ereg, SINKHORN: tl.constexpr,
+    g_gen, g_inv, g_prior, g_ereg, CONSTANT_TARGETS: tl.constexpr,
 ):
     """d loss / d s for a tile of both views (see reference.gedi_statistics for the terms)."""
     lq1 = s1 - lse1[:, None]
@@ -322,7 +332,7 @@ def _bwd_views_tile(
     ds1 = q1 * energy1[:, None] - g_prior * (_prior_share(lq1, col_max, col_logsum, log_k) - q1 * p1[:, None])
     ds2 = q2 * energy2[:, None] - g_prior * (_prior_share(lq2, col_max, col_logsum, log_k) - q2 * p2[:, None])
     inv_scale = -g_inv / n_views
-    if SINKHORN:
+    if CONSTANT_TARGETS:
         ds1 += inv_scale * (w2 - q1 * t2_sum[:, None])
         ds2 += inv_scale * (w1 - q2 * t1_sum[:, None])
     else:
@@ -342,17 +352,17 @@ def _bwd_rows_kernel(
     z1, z2, zn, t1, t2, stats, lse_n, columns, grad_terms, counts, dz1, dz2, dzn,
     B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program,
     w_gen, w_inv, w_prior, w_ereg,
-    SINKHORN: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    CONSTANT_TARGETS: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
     GLOBAL_COUNTS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     r = tl.arange(0, BLOCK_B)
     c = tl.arange(0, BLOCK_K)
-    g_loss = tl.load(grad_terms + 0)
-    g_gen = tl.where(M > 0, g_loss * w_gen + tl.load(grad_terms + 1), 0.0)  # gen is 0 without samples
-    g_inv = g_loss * w_inv + tl.load(grad_terms + 2)
-    g_prior = g_loss * w_prior + tl.load(grad_terms + 3)
-    g_ereg = g_loss * w_ereg + tl.load(grad_terms + 4)
+    g_loss = tl.load(grad_terms + _LOSS_SLOT)
+    g_gen = tl.where(M > 0, g_loss * w_gen + tl.load(grad_terms + _GEN_SLOT), 0.0)  # gen is 0 without samples
+    g_inv = g_loss * w_inv + tl.load(grad_terms + _INV_SLOT)
+    g_prior = g_loss * w_prior + tl.load(grad_terms + _PRIOR_SLOT)
+    g_ereg = g_loss * w_ereg + tl.load(grad_terms + _ENERGY_REG_SLOT)
     if GLOBAL_COUNTS:  # all ranks' view and sample rows, on the device (no host sync)
         n_views = tl.load(counts + 0)
         samples = tl.load(counts + 1)
@@ -370,10 +380,12 @@ def _bwd_rows_kernel(
                 row_ok = rows < B
                 safe_rows = tl.minimum(rows, B - 1)
                 lse1, lse2, cross1, cross2 = _load_row_stats(stats, safe_rows)
-                s1, s2, w1, w2 = _load_view_tiles(z1, z2, t1, t2, safe_rows, c, col_ok, stride_z, stride_t, inv_tau, SINKHORN)
-                p1, p2, t1_sum, t2_sum = _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok, SINKHORN)
+                s1, s2, w1, w2 = _load_view_tiles(z1, z2, t1, t2, safe_rows, c, col_ok, stride_z, stride_t, inv_tau,
+                                                  CONSTANT_TARGETS)
+                p1, p2, t1_sum, t2_sum = _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok,
+                                                       CONSTANT_TARGETS)
                 ds1, ds2 = _bwd_views_tile(s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum,
-                                           col_max, col_logsum, log_k, n_views, g_gen, g_inv, g_prior, g_ereg, SINKHORN)
+                                           col_max, col_logsum, log_k, n_views, g_gen, g_inv, g_prior, g_ereg, CONSTANT_TARGETS)
                 _store_tile(dz1, rows, row_ok, c, col_ok, stride_z, ds1 * inv_tau)
                 _store_tile(dz2, rows, row_ok, c, col_ok, stride_z, ds2 * inv_tau)
         else:
@@ -389,8 +401,8 @@ def _bwd_rows_kernel(
                 col_ok = start + c < K
                 col_max, col_logsum = _load_columns(columns, K, start + c, col_ok)
                 s1, s2, w1, w2 = _load_view_tiles(z1 + start, z2 + start, t1 + start, t2 + start, safe_rows, c, col_ok,
-                                                  stride_z, stride_t, inv_tau, SINKHORN)
-                d1, d2, e1, e2 = _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok, SINKHORN)
+                                                  stride_z, stride_t, inv_tau, CONSTANT_TARGETS)
+                d1, d2, e1, e2 = _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok, CONSTANT_TARGETS)
                 p1 += d1
                 p2 += d2
                 t1_sum += e1
@@ -399,9 +411,9 @@ def _bwd_rows_kernel(
                 col_ok = start + c < K
                 col_max, col_logsum = _load_columns(columns, K, start + c, col_ok)
                 s1, s2, w1, w2 = _load_view_tiles(z1 + start, z2 + start, t1 + start, t2 + start, safe_rows, c, col_ok,
-                                                  stride_z, stride_t, inv_tau, SINKHORN)
+                                                  stride_z, stride_t, inv_tau, CONSTANT_TARGETS)
                 ds1, ds2 = _bwd_views_tile(s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum,
-                                           col_max, col_logsum, log_k, n_views, g_gen, g_inv, g_prior, g_ereg, SINKHORN)
+                                           col_max, col_logsum, log_k, n_views, g_gen, g_inv, g_prior, g_ereg, CONSTANT_TARGETS)
                 _store_tile(dz1 + start, rows, row_ok, c, col_ok, stride_z, ds1 * inv_tau)
                 _store_tile(dz2 + start, rows, row_ok, c, col_ok, stride_z, ds2 * inv_tau)
     else:
@@ -421,20 +433,17 @@ def _bwd_rows_kernel(
 # --- host side ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Plan:
-    """Tile shapes, grid and warps for one kernel's pass over a B x K problem with M samples."""
+class TermsPlan(LaunchPlan):
+    """One GEDI-terms kernel's pass over a B x K problem with M samples: whole rows in one tile or
+    column chunks, and how many programs take the view rows and the sample rows."""
 
     single_chunk: bool
-    block_b: int
-    block_k: int
-    rows_per_program: int
     view_programs: int
     sample_programs: int
-    num_warps: int
 
     @staticmethod
     def make(batch: int, samples: int, clusters: int, tile_elements: int, elements_per_thread: int,
-             max_warps: int) -> "_Plan":
+             max_warps: int) -> "TermsPlan":
         width = triton.next_power_of_2(clusters)
         if width <= SINGLE_CHUNK_MAX:
             block_k = width
@@ -444,24 +453,24 @@ class _Plan:
             single = True
         else:
             block_k, block_b, rows_per_program, single = CHUNK_COLUMNS, CHUNK_ROWS, CHUNK_ROWS, False
-        return _Plan(
-            single_chunk=single,
+        return TermsPlan(
             block_b=block_b,
             block_k=block_k,
             rows_per_program=rows_per_program,
+            num_warps=tile_warps(block_b, block_k, elements_per_thread, max_warps),
+            single_chunk=single,
             view_programs=triton.cdiv(batch, rows_per_program),
             sample_programs=triton.cdiv(samples, rows_per_program),
-            num_warps=max(4, min(max_warps, block_b * block_k // (32 * elements_per_thread))),
         )
 
 
-def forward_plan(batch: int, samples: int, clusters: int) -> _Plan:
-    return _Plan.make(batch, samples, clusters, FWD_TILE_ELEMENTS, FWD_ELEMENTS_PER_THREAD, 16)
+def forward_plan(batch: int, samples: int, clusters: int) -> TermsPlan:
+    return TermsPlan.make(batch, samples, clusters, FWD_TILE_ELEMENTS, FWD_ELEMENTS_PER_THREAD, 16)
 
 
-def backward_plan(batch: int, samples: int, clusters: int) -> _Plan:
+def backward_plan(batch: int, samples: int, clusters: int) -> TermsPlan:
     """The backward keeps about ten tiles live: twice the forward's tile over up to 32 warps."""
-    return _Plan.make(batch, samples, clusters, BWD_TILE_ELEMENTS, BWD_ELEMENTS_PER_THREAD, 32)
+    return TermsPlan.make(batch, samples, clusters, BWD_TILE_ELEMENTS, BWD_ELEMENTS_PER_THREAD, 32)
 
 
 def _contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -492,7 +501,7 @@ def _forward(
     z1, z2 = _contiguous(z1), _contiguous(z2)
     batch, clusters = z1.shape
     samples = 0 if zn is None else zn.shape[0]
-    sinkhorn = t1 is not None
+    constant_targets = t1 is not None
     plan = forward_plan(batch, samples, clusters)
     f32 = dict(device=z1.device, dtype=torch.float32)
     stats = torch.empty(batch, 4, **f32)
@@ -502,15 +511,16 @@ def _forward(
     columns = torch.empty(2, clusters, **f32)
     terms = torch.empty(N_TERMS, **f32)
     zn = _unused(z1) if zn is None else _contiguous(zn)
-    t1 = _contiguous(t1) if sinkhorn else _unused(z1)
-    t2 = _contiguous(t2) if sinkhorn else _unused(z1)
+    t1 = _contiguous(t1) if constant_targets else _unused(z1)
+    t2 = _contiguous(t2) if constant_targets else _unused(z1)
     combine_here = plan.view_programs * clusters <= COMBINE_IN_FINALIZE_MAX
     with on_device(z1):
         wrap(_fwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
             z1, z2, zn, t1, t2, stats, lse_n, part_max, part_sum,
             batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
             plan.view_programs, plan.rows_per_program,
-            SINKHORN=sinkhorn, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
+            CONSTANT_TARGETS=constant_targets, SINGLE_CHUNK=plan.single_chunk,
+            BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
             num_warps=plan.num_warps,
         )
         if not combine_here:
@@ -538,13 +548,13 @@ def _backward(
     z1, z2 = _contiguous(z1), _contiguous(z2)
     batch, clusters = z1.shape
     samples = 0 if zn is None else zn.shape[0]
-    sinkhorn = t1 is not None
+    constant_targets = t1 is not None
     plan = backward_plan(batch, samples, clusters)
     dz1, dz2 = torch.empty_like(z1), torch.empty_like(z2)
     zn = _unused(z1) if zn is None else _contiguous(zn)
     dzn = torch.empty_like(zn)
-    t1 = _contiguous(t1) if sinkhorn else _unused(z1)
-    t2 = _contiguous(t2) if sinkhorn else _unused(z1)
+    t1 = _contiguous(t1) if constant_targets else _unused(z1)
+    t2 = _contiguous(t2) if constant_targets else _unused(z1)
     global_counts = counts is not None
     counts = counts if global_counts else _unused(stats)
     with on_device(z1):
@@ -552,7 +562,8 @@ def _backward(
             z1, z2, zn, t1, t2, stats, lse_n, columns, grad_terms.contiguous(), counts, dz1, dz2, dzn,
             batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
             plan.view_programs, plan.rows_per_program, *weights,
-            SINKHORN=sinkhorn, SINGLE_CHUNK=plan.single_chunk, BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
+            CONSTANT_TARGETS=constant_targets, SINGLE_CHUNK=plan.single_chunk,
+            BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
             GLOBAL_COUNTS=global_counts, num_warps=plan.num_warps,
         )
     return dz1, dz2, dzn

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from gedi_fast import reference
-from gedi_fast.kernels.launching import direct, on_device
+from gedi_fast.kernels.launching import LaunchPlan, direct, on_device, tile_warps
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -273,17 +273,14 @@ def _combine_kernel(part_m_ptr, part_l_ptr, m_ptr, l_ptr, n_parts, n_cols, BLOCK
 
 
 @dataclass(frozen=True)
-class _Config:
-    """A pinned launch configuration (tests force the multi-pass path and small blocks with it)."""
+class SinkhornPlan(LaunchPlan):
+    """Sinkhorn-Knopp's schedule: one program for the whole algorithm, or the multi-pass schedule
+    with row groups of rows_per_program rows."""
 
     single_launch: bool
-    block_b: int
-    block_k: int
-    group_rows: int
-    num_warps: int
 
 
-def _choose_config(n_rows: int, n_cols: int, multi_pass: bool) -> _Config:
+def launch_plan(n_rows: int, n_cols: int, multi_pass: bool) -> SinkhornPlan:
     """Tiles of about _TILE_NUMEL elements: whole rows when K fits, else column chunks."""
     if n_cols <= _WHOLE_ROW_MAX_COLS:
         block_k = triton.next_power_of_2(n_cols)
@@ -293,40 +290,41 @@ def _choose_config(n_rows: int, n_cols: int, multi_pass: bool) -> _Config:
     else:
         block_k, block_b, single = _CHUNK_COLS, min(_CHUNK_ROWS, triton.next_power_of_2(n_rows)), False
         group = block_b
-    return _Config(single, block_b, block_k, group, max(4, min(16, block_b * block_k // (32 * _ELEMENTS_PER_THREAD))))
+    return SinkhornPlan(block_b=block_b, block_k=block_k, rows_per_program=group,
+                        num_warps=tile_warps(block_b, block_k, _ELEMENTS_PER_THREAD, 16), single_launch=single)
 
 
 def _run(scores: torch.Tensor, eps: float, iters: int,
          reduce_columns: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
-         wrap: Callable, config: _Config | None = None) -> torch.Tensor:
+         wrap: Callable, plan: SinkhornPlan | None = None) -> torch.Tensor:
     """The launch sequence shared by the eager function (wrap = direct) and the op (wrap_triton)."""
     with on_device(scores):
-        return _launch(scores, eps, iters, reduce_columns, wrap, config)
+        return _launch(scores, eps, iters, reduce_columns, wrap, plan)
 
 
 def _launch(scores: torch.Tensor, eps: float, iters: int,
             reduce_columns: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
-            wrap: Callable, config: _Config | None) -> torch.Tensor:
+            wrap: Callable, plan: SinkhornPlan | None) -> torch.Tensor:
     assert scores.dim() == 2 and scores.dtype in (torch.float32, torch.float16, torch.bfloat16)
     assert eps > 0 and iters >= 1
     if scores.stride(1) != 1:
         scores = scores.contiguous()
     n_rows, n_cols = scores.shape
-    cfg = config or _choose_config(n_rows, n_cols, multi_pass=reduce_columns is not None)
+    plan = plan or launch_plan(n_rows, n_cols, multi_pass=reduce_columns is not None)
     device = scores.device
     out = torch.empty((n_rows, n_cols), dtype=torch.float32, device=device)
     row_shift = torch.empty(n_rows, dtype=torch.float32, device=device)
     inv_eps = 1.0 / eps
-    if cfg.single_launch:
-        assert reduce_columns is None and cfg.block_k >= n_cols
+    if plan.single_launch:
+        assert reduce_columns is None and plan.block_k >= n_cols
         wrap(_single_launch_kernel)[(1,)](
             scores, row_shift, out, n_rows, n_cols, scores.stride(0), inv_eps, iters,
-            BLOCK_B=cfg.block_b, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+            BLOCK_B=plan.block_b, BLOCK_K=plan.block_k, num_warps=plan.num_warps)
         return out
 
-    chunked = cfg.block_k < n_cols
-    assert cfg.group_rows % cfg.block_b == 0 and (not chunked or cfg.group_rows == cfg.block_b)
-    n_groups = triton.cdiv(n_rows, cfg.group_rows)
+    chunked = plan.block_k < n_cols
+    assert plan.rows_per_program % plan.block_b == 0 and (not chunked or plan.rows_per_program == plan.block_b)
+    n_groups = triton.cdiv(n_rows, plan.rows_per_program)
     part_m = torch.empty((n_groups, n_cols), dtype=torch.float32, device=device)
     part_l = torch.empty_like(part_m)
     stats = torch.empty((4, n_cols), dtype=torch.float32, device=device)
@@ -334,8 +332,8 @@ def _launch(scores: torch.Tensor, eps: float, iters: int,
     def row_pass(c: torch.Tensor, m: torch.Tensor, l: torch.Tensor, stage: int, write_out: bool) -> None:
         wrap(_row_pass_kernel)[(n_groups,)](
             scores, c, row_shift, m, l, part_m, part_l, out, n_rows, n_cols, scores.stride(0), inv_eps,
-            STAGE=stage, WRITE_OUT=write_out, CHUNKED=chunked, GROUP_ROWS=cfg.group_rows,
-            BLOCK_B=cfg.block_b, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+            STAGE=stage, WRITE_OUT=write_out, CHUNKED=chunked, GROUP_ROWS=plan.rows_per_program,
+            BLOCK_B=plan.block_b, BLOCK_K=plan.block_k, num_warps=plan.num_warps)
 
     def combine(m: torch.Tensor, l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         wrap(_combine_kernel)[(triton.cdiv(n_cols, _COMBINE_BLOCK),)](
