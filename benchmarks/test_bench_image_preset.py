@@ -40,7 +40,7 @@ def images() -> Dataset:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_image_preset_step(benchmark, variant):
     data = images()
-    config = TrainConfig(**PRESETS["cpu-images"] | VARIANTS[variant] | {"dataset": data.name})
+    config = TrainConfig.from_settings(**PRESETS["cpu-images"] | VARIANTS[variant] | {"dataset": data.name})
     trainer = GEDITrainer(config, OUT, data)
     for _ in range(3):  # buffer, allocator and Adam state warm
         trainer.train_step()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import pathlib
@@ -14,6 +13,7 @@ import time
 import torch
 
 from gedi_fast import launch
+from gedi_fast.config import SETTINGS, setting_types
 from gedi_fast.data import DATASET_KINDS, LOADERS, DatasetUnavailable, load_dataset
 from gedi_fast.ood import record_ood, require_same_shape
 from gedi_fast.plots import plot_ood, plot_run
@@ -24,17 +24,14 @@ from gedi_fast.trainer import CHECKPOINT_NAME, RESUME_CHANGEABLE, GEDITrainer, T
 SUMMARY_KEYS = ("nmi", "ari", "acc", "largest_cluster_share", "usage_entropy", "view_agreement", "steps")
 
 
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-
 def _overrides(pairs: list[str]) -> dict:
-    """--set key=value pairs, typed like the TrainConfig field they name ("none" clears an optional one)."""
-    fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    """--set key=value pairs, typed like the TrainConfig setting they name ("none" clears an optional one)."""
+    fields = setting_types()
     result = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or key not in fields:
-            raise ValueError(f"--set expects KEY=VALUE with KEY one of {', '.join(CONFIG_KEYS)}; got {pair!r}")
+            raise ValueError(f"--set expects KEY=VALUE with KEY one of {', '.join(SETTINGS)}; got {pair!r}")
         annotation = fields[key]
         if "None" in annotation and text.lower() == "none":
             result[key] = None
@@ -73,7 +70,7 @@ def _resume_changes(args: argparse.Namespace, config: TrainConfig) -> dict:
             raise ValueError(f"{flag} {given} differs from the resumed run's {saved}; a resumed run keeps it "
                              f"(start a new run in another --out)")
     changes = {key: value for key, value in _overrides(args.set).items()
-               if key in RESUME_CHANGEABLE or value != getattr(config, key)}
+               if key in RESUME_CHANGEABLE or value != config.setting(key)}
     if args.steps is not None:
         changes["steps"] = args.steps
     if args.device is not None:
@@ -92,7 +89,7 @@ def train(args: argparse.Namespace) -> int:
     if resume:
         _, saved = GEDITrainer.saved_state(out)
         changes = _resume_changes(args, saved)
-        config = dataclasses.replace(saved, **changes)
+        config = saved.with_settings(**changes)
     else:
         options = dict(dataset=args.dataset or "moons", seed=args.seed or 0, device=args.device or "cpu",
                        data_root=args.data_root)
@@ -100,7 +97,7 @@ def train(args: argparse.Namespace) -> int:
         options |= _overrides(args.set)
         if args.steps is not None:
             options["steps"] = args.steps
-        config = TrainConfig(**options)
+        config = TrainConfig.from_settings(**options)
     _writable_folder(out)
     with launch.torchrun_process_group(config.device, config.collective_timeout):
         trainer = GEDITrainer.resume(out, **changes) if resume else GEDITrainer(config, out)
@@ -151,7 +148,7 @@ def evaluate(args: argparse.Namespace) -> int:
 def triad_command(args: argparse.Namespace) -> int:
     from gedi_fast import triad
 
-    base = TrainConfig(**_overrides(args.set))
+    base = TrainConfig.from_settings(**_overrides(args.set))
     started = time.perf_counter()
     results = triad.run(args.datasets, range(args.seeds), args.steps, args.out, base, jobs=args.jobs)
     minutes = (time.perf_counter() - started) / 60
@@ -170,7 +167,7 @@ def images_command(args: argparse.Namespace) -> int:
     from gedi_fast import image_study
 
     settings = preset_settings(args.preset, "image", args.device) | _overrides(args.set)
-    base = TrainConfig(**settings | {"device": args.device, "data_root": args.data_root})
+    base = TrainConfig.from_settings(**settings | {"device": args.device, "data_root": args.data_root})
     started = time.perf_counter()
     results, ood = image_study.run(range(args.seeds), args.out, base, args.jobs, args.datasets)
     minutes = (time.perf_counter() - started) / 60
@@ -209,7 +206,7 @@ def parser() -> argparse.ArgumentParser:
                           f"restart (torchrun --max-restarts). A resumed run keeps its dataset, seed and settings "
                           f"except {', '.join(RESUME_CHANGEABLE)}")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help=f"a TrainConfig field, one of: {', '.join(CONFIG_KEYS)}")
+                     help=f"a TrainConfig setting, one of: {', '.join(SETTINGS)}")
     run.add_argument("--preset", choices=PRESET_CHOICES, default="auto",
                      help="settings for image data, under --set and --steps: cpu-images (about 6 min on 2 CPU "
                           "cores), paper-images (the paper's network and SGLD, for a GPU); auto (default): "
@@ -232,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
     triad.add_argument("--report", default="docs/RESULTS.md", help="where the Markdown table goes")
     triad.add_argument("--jobs", type=int, default=1, help="runs trained at once, one CPU thread each")
     triad.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"a TrainConfig field for every run, one of: {', '.join(CONFIG_KEYS)}")
+                       help=f"a TrainConfig setting for every run, one of: {', '.join(SETTINGS)}")
     triad.set_defaults(handler=triad_command)
     images = commands.add_parser("images", help="GEDI with and without gen on MNIST-5k and Fashion-MNIST, k-means, "
                                  "OOD of each against the other, over seeds; Markdown tables")
@@ -246,7 +243,7 @@ def parser() -> argparse.ArgumentParser:
     images.add_argument("--data-root", help="folder holding Fashion-MNIST's IDX files when not Debian's")
     images.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help="as for train")
     images.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a TrainConfig field for every run, over the preset")
+                        help="a TrainConfig setting for every run, over the preset")
     images.set_defaults(handler=images_command)
     return root
 

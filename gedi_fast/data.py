@@ -18,7 +18,11 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
+from gedi_fast.sampler import SGLDConfig
+
 FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+# Langevin step and noise per kind of data: small steps on standardised vectors, JEM's on images in [-1, 1].
+SGLD_DEFAULTS = {"vector": (0.01, 0.1), "image": (1.0, 0.01)}
 T = TypeVar("T")
 
 
@@ -27,7 +31,8 @@ class Dataset:
     """A labelled train/test split; `kind` is "vector" or "image".
 
     `augmentation` ("jitter", "rotation", "image" or "affine") and `view_noise` are the views the trainer uses
-    unless told otherwise: the dataset knows its symmetries and scale, the trainer does not.
+    unless told otherwise, and `sgld` its SGLD chain: the dataset knows its symmetries and scale, the
+    trainer does not.
     """
 
     name: str
@@ -44,6 +49,14 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
+
+    @property
+    def sgld(self) -> SGLDConfig:
+        """The chain for this data: its kind's step and noise (SGLD_DEFAULTS), fresh samples drawn over
+        the training inputs' range, SGLDConfig's defaults for the rest."""
+        step_size, noise_std = SGLD_DEFAULTS[self.kind]
+        return SGLDConfig(step_size=step_size, noise_std=noise_std, init_low=float(self.train_x.min()),
+                          init_high=float(self.train_x.max()))
 
 
 class DatasetUnavailable(FileNotFoundError):

@@ -38,7 +38,7 @@ def run(seeds=range(3), out: str | pathlib.Path = "runs/images", base: TrainConf
         datasets=DATASETS, log=print) -> tuple[dict, dict]:
     """(clustering results as triad.run gives them, {(variant, dataset): [OOD reports per seed]});
     `base` defaults to the cpu-images preset."""
-    base = base or TrainConfig(**PRESETS["cpu-images"])
+    base = base or TrainConfig.from_settings(**PRESETS["cpu-images"])
     results = triad.run(datasets, seeds, None, out, base, log=log, jobs=jobs, variants=VARIANTS)
     ood: dict[tuple[str, str], list[dict]] = {}
     for dataset in datasets:

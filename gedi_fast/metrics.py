@@ -1,4 +1,4 @@
-"""Clustering and out-of-distribution metrics, computed on held-out data."""
+"""Clustering, representation and out-of-distribution metrics, computed on held-out data."""
 from __future__ import annotations
 
 import math
@@ -62,6 +62,16 @@ def cluster_usage(predicted: torch.Tensor | np.ndarray, clusters: int) -> dict[s
         "usage_entropy_max": math.log(clusters),
         "largest_cluster_share": float(share.max()),
     }
+
+
+def representation_scores(features: torch.Tensor) -> dict[str, float]:
+    """Mean per-dimension variance and effective rank (exp of the singular values' entropy) of N x D
+    features: both fall (towards 0 and 1) when the representation collapses, whatever the clusters do."""
+    centred = features - features.mean(0)
+    singular = torch.linalg.svdvals(centred.double())
+    spectrum = singular / singular.sum().clamp_min(1e-30)
+    effective_rank = math.exp(-(spectrum * spectrum.clamp_min(1e-30).log()).sum().item())
+    return {"feature_variance": centred.var(0).mean().item(), "feature_effective_rank": effective_rank}
 
 
 def ood_auroc(energy_in: torch.Tensor | np.ndarray, energy_out: torch.Tensor | np.ndarray) -> float:

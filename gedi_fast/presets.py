@@ -1,4 +1,4 @@
-"""Named bundles of TrainConfig settings for image data, sized for the machine that runs them.
+"""Named bundles of TrainConfig settings (TrainConfig.from_settings reads them) for image data, sized for the machine that runs them.
 
 An SGLD chain through a CNN costs one forward and backward of the network per step and sample, so an
 image run is designed around that cost: `cpu-images` trades network width, chain length and samples

@@ -8,7 +8,6 @@ on the global batch; rank 0 alone shows progress and writes checkpoints.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import datetime
 import json
@@ -16,8 +15,6 @@ import math
 import pathlib
 import sys
 import time
-import warnings
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -26,110 +23,19 @@ from tqdm import tqdm
 
 from gedi_fast import checkpoint, launch, metrics
 from gedi_fast.augment import affine_images, augment_images, jitter, rotate_and_jitter
+from gedi_fast.config import RESUME_CHANGEABLE, SETTINGS, TrainConfig
 from gedi_fast.data import Dataset, load_dataset
 from gedi_fast.loss import GEDILoss
 from gedi_fast.models import build_model
 from gedi_fast.precision import tf32_switches
-from gedi_fast.sampler import SGLDConfig, SGLDSampler
-from gedi_fast.validation import require_bool, require_choice, require_int, require_real
+from gedi_fast.rollback import RESEED_STRIDE, Recovery
+from gedi_fast.sampler import SGLDSampler
+
+__all__ = ["CHECKPOINT_NAME", "RESEED_STRIDE", "RESUME_CHANGEABLE", "GEDITrainer", "TrainConfig", "TrainingStopped"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-@dataclass
-class TrainConfig:
-    """Every knob of a run; saved in each checkpoint and in metrics.json.
-
-    The defaults are the ones docs/RESULTS.md measures (moons, circles, digits); image runs take a
-    preset on top (gedi_fast.presets: cpu-images, paper-images). SGLD uses small
-    Langevin steps on vectors: JEM's step 1.0 / noise 0.01 are for images in [-1, 1]. energy_reg 0.1,
-    JEM's remedy, keeps the energies bounded: without it, digits (seed 0) collapsed into one cluster
-    (NMI 0.03, 98% of points in one cluster), and with JEM's step sizes too (NMI 0.02). None means
-    "the dataset's choice": `augmentation` and `view_noise` come from the dataset, the SGLD step and
-    noise from the kind of data.
-
-    Under DDP, `batch_size` and `buffer_size` are per rank: the global batch is world size x batch_size
-    and each rank keeps its own replay buffer. `device` "cuda" means each rank's own GPU.
-
-    Divergence recovery (GEDITrainer.train): a non-finite loss or parameter, or an energy with
-    |E| > `max_energy`, rolls back to the last good state; more than `max_retries` rollbacks before the
-    run gets past the step that diverged stop it with FloatingPointError.
-
-    Speed on CUDA: `cuda_graph` replays the SGLD chain as one CUDA graph (same samples as eager), `tf32`
-    runs the model's matmuls and convolutions in TF32 (GEDILoss has none: its internals stay fp32),
-    `compile_step` compiles the training forward and loss with CUDA graphs (not under DDP). The hot
-    loop has no host sync: values are read only at log and checkpoint steps.
-    """
-
-    dataset: str = "moons"
-    data_root: str | None = None
-    steps: int = 1000
-    batch_size: int = 256
-    clusters: int = 0  # 0: the dataset's number of classes
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "fp32"  # "bf16": autocast the model; the loss internals stay fp32
-    lr: float = 1e-3
-    hidden: int = 256  # the MLP's width (vector data)
-    width: int = 32  # the CNN's first-stage channels (image data)
-    stem_stride: int = 1  # the CNN stem's stride: 2 quarters the cost of every stage
-    temperature: float = 0.1
-    gen_weight: float = 1.0
-    inv_weight: float = 1.0
-    prior_weight: float = 3.0
-    energy_reg: float = 0.1
-    assignment: str = "softmax"
-    augmentation: str | None = None  # "jitter" | "rotation" | "image" | "affine"
-    view_noise: float | None = None
-    sgld_steps: int = 20
-    sgld_samples: int = 64  # SGLD negatives per step (and rank): the chain's cost scales with it
-    sgld_step_size: float | None = None
-    sgld_noise: float | None = None
-    buffer_size: int = 10_000
-    reinit_prob: float = 0.05
-    log_every: int = 100
-    checkpoint_every: int = 500
-    max_energy: float = 1e4
-    max_retries: int = 3
-    cuda_graph: bool = True  # CUDA: replay the SGLD chain as one captured CUDA graph
-    tf32: bool = True  # CUDA: TF32 matmuls and convolutions in the training step; False: strict fp32
-    compile_step: bool = False  # torch.compile(mode="reduce-overhead") of the forward and loss
-    collective_timeout: float = 600.0  # seconds a DDP collective may wait for the other ranks
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "log_every", "checkpoint_every", "batch_size", "sgld_steps", "sgld_samples", "buffer_size",
-                     "hidden", "width"):
-            require_int(getattr(self, name), name, minimum=1 if name != "sgld_steps" else 0)
-        require_int(self.clusters, "clusters", minimum=0)
-        require_int(self.stem_stride, "stem_stride", minimum=1, maximum=4)
-        if self.clusters == 1:
-            raise ValueError("clusters must be 0 (the number of classes) or >= 2, got 1")
-        require_int(self.seed, "seed", minimum=0)
-        for name in ("lr", "temperature"):
-            require_real(getattr(self, name), name, positive=True)
-        for name in ("view_noise", "energy_reg", "sgld_step_size", "sgld_noise", "reinit_prob"):
-            if getattr(self, name) is not None:
-                require_real(getattr(self, name), name, non_negative=True)
-        for name in ("gen_weight", "inv_weight", "prior_weight"):
-            require_real(getattr(self, name), name)
-        require_choice(self.assignment, "assignment", ("softmax", "sinkhorn"))
-        require_choice(self.precision, "precision", ("fp32", "bf16"))
-        require_real(self.max_energy, "max_energy", positive=True)
-        require_real(self.collective_timeout, "collective_timeout", positive=True)
-        require_int(self.max_retries, "max_retries", minimum=0)
-        for name in ("cuda_graph", "tf32", "compile_step"):
-            require_bool(getattr(self, name), name)
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', "
-                             f"got {self.device!r}") from None
-        if self.augmentation is not None:
-            require_choice(self.augmentation, "augmentation", AUGMENTATIONS)
-
-
-# What a checkpoint holds (state_dict) and which config fields a resumed run may change: how long it
-# trains and how it logs and checkpoints, never what it computes.
 LOGGED_TERMS = ("gen", "inv", "prior", "energy_reg")
 # What gloo and NCCL say when a peer is gone or a collective ran past the process group's timeout.
 COLLECTIVE_FAILURES = ("Timed out", "timed out", "Connection closed by peer", "Connection reset by peer", "NCCL")
@@ -137,17 +43,13 @@ COLLECTIVE_FAILURES = ("Timed out", "timed out", "Connection closed by peer", "C
 
 class TrainingStopped(RuntimeError):
     """Training cannot go on safely: a checkpoint could not be written, or another rank stopped answering."""
+
+
+# What a checkpoint holds (state_dict).
 STATE_KEYS = ("config", "step", "model", "optimiser", "samplers", "generator", "torch_rng", "history")
-RESUME_CHANGEABLE = ("steps", "log_every", "checkpoint_every", "max_retries", "max_energy", "device", "compile_step",
-                     "collective_timeout")
-# Langevin step and noise per kind of data when the config leaves them None.
-SGLD_DEFAULTS = {"vector": (0.01, 0.1), "image": (1.0, 0.01)}
-AUGMENTATIONS = ("jitter", "rotation", "image", "affine")
 IMAGE_AUGMENTATIONS = {"image": augment_images, "affine": affine_images}
 # Rank r's SGLD seed is seed + r * this (mod 2**63): odd, so distinct ranks never share a Philox key.
 RANK_SEED_STRIDE = 0x9E3779B97F4A7C15
-# After n divergence rollbacks the SGLD seed moves on by n * this (mod 2**63): a fresh buffer and noise stream.
-RESEED_STRIDE = 0xBF58476D1CE4E5B9
 
 
 class GEDITrainer:
@@ -173,7 +75,8 @@ class GEDITrainer:
                                  config.stem_stride).to(self.device)
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.loss_fn = GEDILoss(config.temperature, config.gen_weight, config.inv_weight, config.prior_weight,
-                                config.assignment, energy_reg=config.energy_reg)
+                                config.assignment, sinkhorn_eps=config.sinkhorn_eps,
+                                sinkhorn_iters=config.sinkhorn_iters, energy_reg=config.energy_reg)
         self.train_x = self.dataset.train_x.to(self.device)
         self.augmentation = config.augmentation or self.dataset.augmentation
         self.view_noise = self.dataset.view_noise if config.view_noise is None else config.view_noise
@@ -181,14 +84,10 @@ class GEDITrainer:
                 self.dataset.input_shape != (2,)):
             raise ValueError(f"augmentation {self.augmentation!r} does not fit dataset {self.dataset.name!r} "
                              f"with inputs of shape {self.dataset.input_shape}")
-        low, high = float(self.train_x.min()), float(self.train_x.max())
         self.sampler = None
         if config.gen_weight != 0 or config.energy_reg != 0:
-            step_size, noise = SGLD_DEFAULTS[self.dataset.kind]
-            step_size = step_size if config.sgld_step_size is None else config.sgld_step_size
-            noise = noise if config.sgld_noise is None else config.sgld_noise
-            sgld = SGLDConfig(config.sgld_steps, step_size, noise, config.buffer_size, config.reinit_prob, low, high)
-            self.sampler = SGLDSampler(self.dataset.input_shape, sgld, config.temperature, self._sampler_seed(),
+            sgld = config.sgld_config(self.dataset.sgld)
+            self.sampler = SGLDSampler(self.dataset.input_shape, sgld, config.temperature, self.sampler_seed(),
                                        self.device, graph="auto" if config.cuda_graph else False)
         if config.compile_step and self.world_size > 1:
             raise ValueError(f"compile_step=True is not supported under DDP (world size {self.world_size}); "
@@ -268,8 +167,8 @@ class GEDITrainer:
         DDP every rank calls it with the same `until`. Logged terms are global (the loss is), and
         samples_per_s counts the global batch.
 
-        Divergence recovery: at each log and checkpoint step, where the loop reads values anyway (no
-        other host sync), the state is checked (_divergence). A good state is copied in memory and
+        Divergence recovery (gedi_fast.rollback): at each log and checkpoint step, where the loop reads
+        values anyway (no other host sync), the state is checked. A good state is copied in memory and
         only a good state is checkpointed. A bad one rolls back to the last good copy, reseeds the
         replay buffer (a seed derived from the number of rollbacks so far), appends a record
         {"step", "event": "rollback", "reason", "retry", "diverged_at"} to the history, warns and
@@ -281,7 +180,7 @@ class GEDITrainer:
         started, first = time.perf_counter(), self.step
         bar = tqdm(total=until, initial=self.step, desc=self.config.dataset, disable=not progress or self.rank != 0,
                    leave=False)
-        good, retries, diverged_at = self._snapshot(), 0, self.step
+        recovery = Recovery(self)
         try:
             while self.step < until:
                 values = self.train_step()
@@ -290,22 +189,11 @@ class GEDITrainer:
                 save = self.step % self.config.checkpoint_every == 0 or self.step == until
                 if not (log or save):
                     continue
-                reason = self._divergence(values)
-                if reason is not None:
-                    retries += 1
-                    if retries > self.config.max_retries:
-                        raise FloatingPointError(
-                            f"training diverged at step {self.step} ({reason}) and did not recover after "
-                            f"{self.config.max_retries} rollbacks to step {good['step']} (max_retries); try a lower "
-                            f"lr or sgld_step_size, or a larger energy_reg")
-                    diverged_at = max(diverged_at, self.step)
-                    self._roll_back(good, reason, retries)
+                if recovery.rolled_back(values):
                     bar.n = self.step
                     bar.refresh()
                     started, first = time.perf_counter(), self.step
                     continue
-                if self.step > diverged_at:
-                    retries = 0
                 if log:
                     record = {"step": self.step, **{k: v.item() for k, v in values.items()}}
                     record["energy_gap"] = record["energy_neg"] - record["energy_data"] if self.sampler else math.nan
@@ -318,7 +206,7 @@ class GEDITrainer:
                             print(self._log_line(record, until, started, first), file=sys.stderr, flush=True)
                 if save:
                     self.save()
-                good = self._snapshot()
+                recovery.keep()
         except RuntimeError as err:
             if isinstance(err, TrainingStopped) or self.world_size == 1 or not any(
                     mark in str(err) for mark in COLLECTIVE_FAILURES):
@@ -342,58 +230,7 @@ class GEDITrainer:
         terms = " ".join(f"{name}={record[name]:.4g}" for name in ("loss", *LOGGED_TERMS))
         return f"step {self.step}/{until} {terms} {record['samples_per_s']:.0f} samples/s ETA {eta}"
 
-    def _divergence(self, values: dict[str, torch.Tensor]) -> str | None:
-        """Why the state after this step must not be kept, or None: a non-finite loss or parameter, or
-        |energy| beyond config.max_energy (the data's and, with SGLD, the samples'). One host sync.
-
-        The loss and energies are global under DDP; parameter finiteness, the one rank-local value, is
-        all-reduced, so a fault on one rank rolls every rank back alike."""
-        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all().double()
-        if self.world_size > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        energies = ("energy_data", "energy_neg") if self.sampler is not None else ("energy_data",)
-        loss, parameters_ok, *energy = torch.stack(
-            [values["loss"].double(), finite, *(values[name].double() for name in energies)]).tolist()
-        if not math.isfinite(loss):
-            return f"non-finite loss {loss}"
-        if not parameters_ok:
-            return "non-finite parameters"
-        for name, value in zip(energies, energy):
-            if not abs(value) <= self.config.max_energy:
-                return f"{name} {value:.4g} beyond max_energy {self.config.max_energy:g}"
-        return None
-
-    def _snapshot(self) -> dict:
-        """An in-memory copy of what a rollback restores (tensors cloned on their device: no host sync)."""
-        return copy.deepcopy({
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimiser": self.optimiser.state_dict(),
-            "sampler": None if self.sampler is None else self.sampler.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        })
-
-    def _roll_back(self, good: dict, reason: str, retry: int) -> None:
-        """Restore the snapshot `good`, reseed the replay buffer, record and announce the rollback."""
-        diverged_at = self.step
-        self.model.load_state_dict(good["model"])
-        # Optimiser.load_state_dict may keep the given tensors: hand it copies so `good` stays intact.
-        self.optimiser.load_state_dict(copy.deepcopy(good["optimiser"]))
-        self.generator.set_state(good["generator"])
-        torch.set_rng_state(good["torch_rng"])
-        self.step = good["step"]
-        self.rollbacks += 1
-        if self.sampler is not None:
-            self.sampler.load_state_dict(good["sampler"])
-            self.sampler.reseed(self._sampler_seed())
-        self.history.append({"step": self.step, "event": "rollback", "reason": reason, "retry": retry,
-                             "diverged_at": diverged_at})
-        if self.rank == 0:
-            warnings.warn(f"step {diverged_at}: {reason}; rolled back to step {self.step} with a reseeded replay "
-                          f"buffer (retry {retry} of {self.config.max_retries})", RuntimeWarning, stacklevel=3)
-
-    def _sampler_seed(self) -> int:
+    def sampler_seed(self) -> int:
         """This rank's SGLD seed after self.rollbacks rollbacks (distinct per rank: RANK_SEED_STRIDE)."""
         return (self.config.seed + self.rank * RANK_SEED_STRIDE + self.rollbacks * RESEED_STRIDE) % 2**63
 
@@ -412,16 +249,11 @@ class GEDITrainer:
         # Its own stream: evaluating mid-run must not shift the training draws (resume equivalence).
         view1, view2 = self.views(x, torch.Generator(device=self.device).manual_seed(self.config.seed + 2))
         agreement = (self.model(view1).argmax(1) == self.model(view2).argmax(1)).float().mean().item()
-        centred = features - features.mean(0)
-        singular = torch.linalg.svdvals(centred.double())
-        spectrum = singular / singular.sum().clamp_min(1e-30)
-        effective_rank = math.exp(-(spectrum * spectrum.clamp_min(1e-30).log()).sum().item())
         return {
             **metrics.clustering_scores(self.dataset.test_y, predicted),
             **metrics.cluster_usage(predicted, self.clusters),
             "view_agreement": agreement,
-            "feature_variance": centred.var(0).mean().item(),
-            "feature_effective_rank": effective_rank,
+            **metrics.representation_scores(features),
             "steps": self.step,
         }
 
@@ -515,15 +347,16 @@ class GEDITrainer:
     def saved_state(out: str | pathlib.Path) -> tuple[dict, TrainConfig]:
         """(state, config) of the checkpoint in run folder `out` (the previous checkpoint, with a
         warning, when the newest is missing, truncated or corrupt); CheckpointError for a file that
-        is not a gedi_fast training checkpoint."""
+        is not a gedi_fast training checkpoint. Configs saved before TrainConfig nested its SGLD
+        settings (flat sgld_steps, buffer_size, ...) load as TrainConfig.from_settings reads them."""
         path = pathlib.Path(out) / CHECKPOINT_NAME
         state = checkpoint.require_keys(checkpoint.load_latest(path), STATE_KEYS, path)
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        known = {*SETTINGS, "sgld"}
         saved = state["config"]
-        if not isinstance(saved, dict) or not set(saved) <= fields:
-            unknown = sorted(set(saved) - fields) if isinstance(saved, dict) else type(saved).__name__
+        if not isinstance(saved, dict) or not set(saved) <= known:
+            unknown = sorted(set(saved) - known) if isinstance(saved, dict) else type(saved).__name__
             raise checkpoint.CheckpointError(f"{path} is not a gedi_fast training checkpoint: its config has {unknown}")
-        return state, TrainConfig(**saved)
+        return state, TrainConfig.from_settings(**saved)
 
     @classmethod
     def resume(cls, out: str | pathlib.Path, dataset: Dataset | None = None, **changes) -> "GEDITrainer":
@@ -533,7 +366,7 @@ class GEDITrainer:
         fixed = sorted(set(changes) - set(RESUME_CHANGEABLE))
         if fixed:
             raise ValueError(f"a resumed run keeps its {', '.join(fixed)}; only {', '.join(RESUME_CHANGEABLE)} may change")
-        trainer = cls(dataclasses.replace(config, **changes), out, dataset)
+        trainer = cls(config.with_settings(**changes), out, dataset)
         trainer.load_state_dict(state)
         return trainer
 

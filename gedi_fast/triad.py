@@ -1,7 +1,6 @@
 """The paper's experiment on our data: full GEDI, its ablations and k-means, over seeds, as a Markdown table."""
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import pathlib
 import statistics
@@ -17,7 +16,7 @@ from gedi_fast.data import load_dataset
 from gedi_fast.trainer import GEDITrainer, TrainConfig
 from gedi_fast.validation import require_int
 
-# Each variant: its TrainConfig overrides on top of the defaults.
+# Each variant: its TrainConfig settings (fields or flat SGLD names) on top of the base config.
 VARIANTS: dict[str, dict] = {
     "GEDI (full)": {},
     "without gen": {"gen_weight": 0.0, "energy_reg": 0.0},
@@ -73,8 +72,8 @@ def run(datasets=DATASETS, seeds=range(5), steps: int | None = None, out: str | 
     for dataset in datasets:
         for variant, overrides in (VARIANTS if variants is None else variants).items():
             for seed in seeds:
-                config = dataclasses.replace(base, dataset=dataset, seed=seed, **overrides,
-                                             **({"steps": steps} if steps else {}))
+                config = base.with_settings(dataset=dataset, seed=seed, **overrides,
+                                            **({"steps": steps} if steps else {}))
                 runs.append((variant, config, run_folder(out, dataset, variant, seed)))
     results: dict[tuple[str, str], list[dict]] = {}
 

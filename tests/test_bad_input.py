@@ -157,7 +157,7 @@ LIBRARY = [
     ("log_every", ValueError, lambda: TrainConfig(log_every=0)),
     ("lr", ValueError, lambda: TrainConfig(lr=0.0)),
     ("temperature", ValueError, lambda: TrainConfig(temperature=-1.0)),
-    ("reinit_prob", ValueError, lambda: TrainConfig(reinit_prob=-0.5)),
+    ("reinit_prob", ValueError, lambda: TrainConfig(sgld=dict(reinit_prob=-0.5))),
     ("max_energy", ValueError, lambda: TrainConfig(max_energy=0.0)),
     ("max_energy", ValueError, lambda: TrainConfig(max_energy=math.nan)),
     ("max_retries", ValueError, lambda: TrainConfig(max_retries=-1)),
@@ -180,7 +180,7 @@ def test_library_rejects_bad_input_naming_the_argument(argument, error, call):
 @NO_CUDA
 def test_cuda_device_without_cuda_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
-        GEDITrainer(TrainConfig(device="cuda", hidden=8, buffer_size=8), tmp_path)
+        GEDITrainer(TrainConfig(device="cuda", hidden=8, sgld=dict(buffer_size=8)), tmp_path)
 
 
 # --- files: dataset paths and checkpoints ---------------------------------------------------------

@@ -139,7 +139,7 @@ def test_triad_scores_do_not_depend_on_parallel_jobs(tmp_path):
     from gedi_fast import triad
     from gedi_fast.trainer import TrainConfig
 
-    base = TrainConfig(batch_size=32, hidden=32, sgld_steps=2, buffer_size=64, log_every=5)
+    base = TrainConfig(batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=64), log_every=5)
     serial = triad.run(["blobs"], range(2), 4, tmp_path / "a", base, log=lambda _: None)
     parallel = triad.run(["blobs"], range(2), 4, tmp_path / "b", base, log=lambda _: None, jobs=2)
     assert serial.keys() == parallel.keys()

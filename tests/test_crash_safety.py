@@ -16,7 +16,7 @@ from gedi_fast import checkpoint
 from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SMALL = dict(steps=20, batch_size=32, hidden=32, sgld_steps=2, buffer_size=100, log_every=5, checkpoint_every=5)
+SMALL = dict(steps=20, batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=100), log_every=5, checkpoint_every=5)
 
 
 def test_each_save_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_path):

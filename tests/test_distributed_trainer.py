@@ -26,7 +26,7 @@ from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 WORLD = 2
 # No sampler, so the only randomness is the shared data stream; the views keep their default jitter.
 NO_SGLD = dict(steps=4, batch_size=16, hidden=32, gen_weight=0.0, energy_reg=0.0, log_every=1, checkpoint_every=100)
-WITH_SGLD = dict(steps=6, batch_size=16, hidden=32, sgld_steps=2, buffer_size=64, log_every=2, checkpoint_every=100)
+WITH_SGLD = dict(steps=6, batch_size=16, hidden=32, sgld=dict(steps=2, buffer_size=64), log_every=2, checkpoint_every=100)
 TERMS = ("loss", "inv", "prior", "cluster_entropy")
 
 

@@ -13,7 +13,7 @@ from gedi_fast.plots import plot_run
 from gedi_fast.trainer import CHECKPOINT_NAME, RESEED_STRIDE, GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SMALL = dict(steps=20, batch_size=32, hidden=32, sgld_steps=2, buffer_size=100, log_every=5, checkpoint_every=10)
+SMALL = dict(steps=20, batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=100), log_every=5, checkpoint_every=10)
 
 
 def inject(trainer: GEDITrainer, fault, at_steps) -> list[int]:

@@ -17,7 +17,7 @@ from gedi_fast.trainer import GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.gpu
 CONFIG = SGLDConfig(steps=5, step_size=0.1, noise_std=0.05, buffer_size=64, reinit_prob=0.2, clamp=(-1.5, 1.5))
-SMALL = dict(steps=6, batch_size=64, hidden=32, sgld_steps=5, buffer_size=256, log_every=3, checkpoint_every=100,
+SMALL = dict(steps=6, batch_size=64, hidden=32, sgld=dict(steps=5, buffer_size=256), log_every=3, checkpoint_every=100,
              device="cuda", tf32=False)
 
 

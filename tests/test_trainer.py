@@ -11,7 +11,7 @@ from gedi_fast.augment import augment_images, rotate_and_jitter
 from gedi_fast.data import load_dataset
 from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
-SMALL = dict(steps=20, batch_size=32, hidden=32, sgld_steps=2, buffer_size=100, log_every=5, checkpoint_every=100)
+SMALL = dict(steps=20, batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=100), log_every=5, checkpoint_every=100)
 
 
 def test_short_run_logs_terms_and_evaluates(tmp_path):
@@ -91,7 +91,7 @@ def test_views_and_sgld_follow_the_dataset_unless_overridden(tmp_path):
     circles = GEDITrainer(TrainConfig(**SMALL | dict(dataset="circles")), tmp_path / "c")
     assert (circles.augmentation, circles.view_noise) == ("rotation", 0.1)
     assert (circles.sampler.config.step_size, circles.sampler.config.noise_std) == (0.01, 0.1)
-    moons = GEDITrainer(TrainConfig(**SMALL | dict(augmentation="jitter", view_noise=0.3, sgld_step_size=0.5)),
+    moons = GEDITrainer(TrainConfig(**SMALL | dict(augmentation="jitter", view_noise=0.3, sgld=dict(steps=2, step_size=0.5))),
                         tmp_path / "m")
     assert (moons.augmentation, moons.view_noise, moons.sampler.config.step_size) == ("jitter", 0.3, 0.5)
     with pytest.raises(ValueError, match="augmentation 'image' does not fit dataset 'moons'"):
@@ -130,3 +130,40 @@ def test_speed_switches_are_checked_and_leave_the_cpu_alone(tmp_path):
     assert not trainer.sampler.graphed  # CUDA graphs on CUDA only: the CPU chain runs eagerly
     trainer.train_step()
     assert (tf32_state(), torch.get_float32_matmul_precision()) == before
+
+
+def test_a_checkpoint_with_an_old_flat_config_resumes_with_the_same_chain(tmp_path):
+    trainer = GEDITrainer(TrainConfig(**SMALL | dict(steps=5)), tmp_path)
+    trainer.train()
+    state = checkpoint.load(tmp_path / CHECKPOINT_NAME)
+    flat = {key: value for key, value in state["config"].items() if key not in ("sgld", "sinkhorn_eps", "sinkhorn_iters")}
+    state["config"] = flat | dict(sgld_steps=2, sgld_step_size=None, sgld_noise=None, buffer_size=100, reinit_prob=0.05)
+    checkpoint.save_atomic(state, tmp_path / CHECKPOINT_NAME)
+    resumed = GEDITrainer.resume(tmp_path, steps=6)
+    assert resumed.config.sgld == dict(steps=2, buffer_size=100, reinit_prob=0.05)
+    assert resumed.sampler.config == trainer.sampler.config and resumed.step == 5
+    resumed.train()
+    assert resumed.step == 6
+
+
+def test_flat_sgld_settings_set_the_nested_fields_and_none_leaves_them_to_the_dataset(tmp_path):
+    config = TrainConfig.from_settings(sgld_steps=3, sgld_step_size=0.5, sgld_noise=None, buffer_size=64)
+    assert config.sgld == dict(steps=3, step_size=0.5, buffer_size=64, reinit_prob=0.05)
+    assert (config.setting("sgld_steps"), config.setting("sgld_noise"), config.setting("hidden")) == (3, None, 256)
+    assert config.with_settings(sgld_step_size=None).sgld == dict(steps=3, buffer_size=64, reinit_prob=0.05)
+    moons = load_dataset("moons")
+    chain = config.sgld_config(moons.sgld)
+    assert (chain.steps, chain.step_size, chain.noise_std, chain.buffer_size) == (3, 0.5, 0.1, 64)
+    assert (chain.init_low, chain.init_high) == (float(moons.train_x.min()), float(moons.train_x.max()))
+    with pytest.raises(ValueError, match="sgld must map SGLDConfig fields"):
+        TrainConfig(sgld=dict(stepz=2))
+    with pytest.raises(ValueError, match="sgld: steps must be >= 0"):
+        TrainConfig.from_settings(sgld_steps=-1)
+
+
+def test_sinkhorn_settings_reach_the_loss(tmp_path):
+    trainer = GEDITrainer(TrainConfig(**SMALL | dict(assignment="sinkhorn", sinkhorn_eps=0.1, sinkhorn_iters=5)),
+                          tmp_path)
+    assert (trainer.loss_fn.sinkhorn_eps, trainer.loss_fn.sinkhorn_iters) == (0.1, 5)
+    with pytest.raises(ValueError, match="sinkhorn_eps must be > 0"):
+        TrainConfig(sinkhorn_eps=0.0)
