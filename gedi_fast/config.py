@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gedi_fast.ops import ASSIGNMENTS
 from gedi_fast.sampler import SGLDConfig
 from gedi_fast.validation import require_bool, require_choice, require_int, require_real
 
@@ -103,7 +104,7 @@ class TrainConfig:
                 require_real(getattr(self, name), name, non_negative=True)
         for name in ("gen_weight", "inv_weight", "prior_weight"):
             require_real(getattr(self, name), name)
-        require_choice(self.assignment, "assignment", ("softmax", "sinkhorn"))
+        require_choice(self.assignment, "assignment", ASSIGNMENTS)
         require_choice(self.precision, "precision", ("fp32", "bf16"))
         require_real(self.max_energy, "max_energy", positive=True)
         require_real(self.collective_timeout, "collective_timeout", positive=True)
