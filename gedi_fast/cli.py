@@ -110,6 +110,7 @@ def train(args: argparse.Namespace) -> int:
         terminal = sys.stderr.isatty()
         trainer.train(progress=terminal, log_lines=not terminal)
         wall_s = time.perf_counter() - started
+        trainer.leave_process_group()
         if trainer.rank != 0:
             return 0
     scores = trainer.evaluate()

@@ -32,7 +32,8 @@ def torchrun_process_group(device: str, timeout_s: float = 600.0) -> Iterator[No
     NCCL for a CUDA `device`, with this process pinned to GPU LOCAL_RANK (so "cuda" means one GPU per
     rank); gloo otherwise. A collective waiting longer than `timeout_s` for the other ranks fails
     (gloo raises it in the waiting rank; NCCL's watchdog aborts the process) instead of hanging.
-    Outside torchrun, or when a group already exists, it does nothing.
+    Outside torchrun, or when a group already exists, it does nothing. Whatever holds the group (a
+    DDP wrapper) should let go of it inside the block, so the group really ends here.
     """
     if not launched_by_torchrun() or dist.is_initialized():
         yield
@@ -49,6 +50,9 @@ def torchrun_process_group(device: str, timeout_s: float = 600.0) -> Iterator[No
                             rank=rank, world_size=world_size, timeout=timeout)
     try:
         yield
+        # Every rank done with its collectives before any tears its connections down; not after an
+        # error, where a rank may never arrive and the barrier would only add a timeout.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -92,9 +92,11 @@ class GEDITrainer:
         if config.compile_step and self.world_size > 1:
             raise ValueError(f"compile_step=True is not supported under DDP (world size {self.world_size}); "
                              f"train with compile_step=False")
-        # The step's forward and loss; under compile_step compiled, with CUDA graphs on CUDA.
-        self.forward_loss = (torch.compile(self._forward_loss, mode="reduce-overhead", dynamic=False)
-                             if config.compile_step else self._forward_loss)
+        # The step's forward and loss compiled under compile_step, with CUDA graphs on CUDA. Not held
+        # otherwise: a bound method of its own would keep the trainer (and under DDP the process group
+        # its reducer holds) alive until a garbage collection, possibly the one at interpreter exit.
+        self._compiled_forward_loss = (torch.compile(self._forward_loss, mode="reduce-overhead", dynamic=False)
+                                       if config.compile_step else None)
         self.ddp = None
         if self.world_size > 1:
             device_ids = [self.device] if self.device.type == "cuda" else None
@@ -131,6 +133,9 @@ class GEDITrainer:
             return self._train_step()
 
     def _train_step(self) -> dict[str, torch.Tensor]:
+        if self.world_size > 1 and self.ddp is None:
+            raise RuntimeError(f"rank {self.rank}: this trainer left the process group (leave_process_group); "
+                               f"it can evaluate but no longer train")
         rows = self.config.batch_size
         indices = torch.randint(0, len(self.train_x), (self.world_size * rows,), generator=self.generator,
                                 device=self.device)
@@ -141,7 +146,7 @@ class GEDITrainer:
         self.model.train()
         if self.config.compile_step:
             torch.compiler.cudagraph_mark_step_begin()
-        loss, terms = self.forward_loss(view1, view2, samples)
+        loss, terms = (self._compiled_forward_loss or self._forward_loss)(view1, view2, samples)
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         self.optimiser.step()
@@ -315,6 +320,16 @@ class GEDITrainer:
                                   f"fix {self.out}, then resume with --resume") from failure
         self._saved_step = self.step
         return path
+
+    def leave_process_group(self) -> None:
+        """Drop the DDP wrapper: its reducer holds the process group and gradient buckets.
+
+        Called under DDP when training is over, before the group is destroyed, so the group and its
+        threads end now rather than whenever the trainer is collected, possibly while Python shuts
+        down, where a gloo thread that still holds tensors aborts the process. The trainer can still
+        evaluate, save metrics and plot; it no longer trains.
+        """
+        self.ddp = None
 
     def _collective_device(self) -> torch.device:
         """Where a tensor for a collective must live: the GPU for NCCL, the CPU for gloo."""

@@ -14,6 +14,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -40,6 +41,12 @@ def _rank_main(rank: int, store_path: str, out_dir: str) -> None:
         ddp.train()
         result = {"ddp": {"model": ddp.model.state_dict(), "history": ddp.history, "scores": ddp.evaluate(),
                           "wrapped": ddp.ddp is not None}}
+        wrapper = weakref.ref(ddp.ddp)
+        ddp.leave_process_group()
+        try:
+            ddp.train(until=ddp.step + 1)
+        except RuntimeError as err:
+            result["after_leaving"] = {"released": wrapper() is None, "error": str(err), "scores": ddp.evaluate()}
         faulty = GEDITrainer(TrainConfig(**NO_SGLD), out / "faulty")
         if rank == 0:
             _break_parameters_once(faulty, at_step=3)
@@ -96,6 +103,16 @@ def test_ddp_steps_equal_one_process_on_the_doubled_batch(run, tmp_path):
     for a, b in zip(ranks[0]["model"].values(), ranks[1]["model"].values()):
         assert torch.equal(a, b)  # DDP keeps the replicas identical
     assert ranks[0]["scores"] == ranks[1]["scores"]  # evaluation: the full test split, no collective
+
+
+def test_a_trainer_that_left_the_group_lets_it_go_and_refuses_to_train(run):
+    """The CLI's teardown: the DDP wrapper (and with it the group's last holder) is freed at once, not
+    at some later garbage collection; training on without gradient sync is refused, evaluation is not."""
+    for rank, got in enumerate(run[1]):
+        left = got["after_leaving"]
+        assert left["released"], rank
+        assert f"rank {rank}" in left["error"] and "leave_process_group" in left["error"]
+        assert left["scores"] == got["ddp"]["scores"]
 
 
 def test_a_fault_on_one_rank_rolls_every_rank_back_alike(run):
