@@ -253,6 +253,8 @@ def measure(benchmark, calls: CaseCalls, copy_gbps: float, case: Case, impl: str
     benchmark.group = f"{case.op} {case.id}"
     rounds = rounds_for(own.seconds + sum(other.seconds for other in baselines.values()))
     benchmark.pedantic(own.run, setup=run_baselines, rounds=rounds, iterations=1, warmup_rounds=0)
+    if benchmark.disabled:  # --benchmark-disable: each case ran once as a smoke test; no timings to record
+        return
     seconds = benchmark.stats.stats.median / own.inner
     side_by_side = {impl: seconds, **{name: statistics.median(times) for name, times in samples.items()}}
     gbps = None if case.ideal_bytes is None else case.ideal_bytes / seconds / 1e9
