@@ -19,6 +19,7 @@ from gedi_fast.ood import record_ood, require_same_shape
 from gedi_fast.plots import plot_ood, plot_run
 from gedi_fast.presets import CHOICES as PRESET_CHOICES
 from gedi_fast.presets import preset_settings
+from gedi_fast.studies import STUDIES
 from gedi_fast.trainer import CHECKPOINT_NAME, RESUME_CHANGEABLE, GEDITrainer, TrainConfig, TrainingStopped
 
 SUMMARY_KEYS = ("nmi", "ari", "acc", "largest_cluster_share", "usage_entropy", "view_agreement", "steps")
@@ -146,6 +147,11 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed, for a report's "Command:" line."""
+    return " ".join(["gedi-fast", *(sys.argv[1:] if args.argv is None else args.argv)])
+
+
 def triad_command(args: argparse.Namespace) -> int:
     from gedi_fast import triad
 
@@ -154,11 +160,32 @@ def triad_command(args: argparse.Namespace) -> int:
     results = triad.run(args.datasets, range(args.seeds), args.steps, args.out, base, jobs=args.jobs)
     minutes = (time.perf_counter() - started) / 60
     table = triad.markdown_table(results, args.datasets)
-    command = " ".join(["gedi-fast", *sys.argv[1:]]) if args.argv is None else " ".join(["gedi-fast", *args.argv])
+    command = _command_line(args)
     report = pathlib.Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     where = f"{_machine()}; {minutes:.0f} min wall"
     report.write_text(f"# The failure-mode triad on our data\n\nCommand: `{command}`\n\nRun: {where}.\n\n{table}\n")
+    print(table)
+    print(f"table: {report}")
+    return 0
+
+
+def study_command(args: argparse.Namespace) -> int:
+    from gedi_fast import studies, triad
+
+    study = STUDIES[args.name]
+    seeds = study.seeds if args.seeds is None else args.seeds
+    base = TrainConfig.from_settings(**_overrides(args.set))
+    started = time.perf_counter()
+    results = triad.run(study.datasets, range(seeds), args.steps, pathlib.Path(args.out or f"runs/study_{args.name}"),
+                        base, jobs=args.jobs, variants=study.variants)
+    minutes = (time.perf_counter() - started) / 60
+    table = studies.markdown_table(study, results)
+    command = _command_line(args)
+    report = pathlib.Path(args.report or f"docs/studies/{args.name}.md")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(f"# Study: {args.name}\n\n{study.question}\n\nCommand: `{command}`\n\n"
+                      f"Run: {_machine()}; {minutes:.0f} min wall.\n\n{table}\n")
     print(table)
     print(f"table: {report}")
     return 0
@@ -173,7 +200,7 @@ def images_command(args: argparse.Namespace) -> int:
     results, ood = image_study.run(range(args.seeds), args.out, base, args.jobs, args.datasets)
     minutes = (time.perf_counter() - started) / 60
     tables = f"{image_study.clustering_table(results, args.datasets)}\n\n{image_study.ood_table(ood, args.datasets)}"
-    command = " ".join(["gedi-fast", *(sys.argv[1:] if args.argv is None else args.argv)])
+    command = _command_line(args)
     report = pathlib.Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(f"# GEDI on images\n\nCommand: `{command}`\n\nRun: {_machine()}; {minutes:.0f} min wall.\n\n"
@@ -232,6 +259,17 @@ def parser() -> argparse.ArgumentParser:
     triad.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help=f"a TrainConfig setting for every run, one of: {', '.join(SETTINGS)}")
     triad.set_defaults(handler=triad_command)
+    study = commands.add_parser("study", help="a study beyond the paper (" + ", ".join(
+        f"{name}: {s.question}" for name, s in STUDIES.items()) + "); a Markdown table")
+    study.add_argument("name", choices=sorted(STUDIES))
+    study.add_argument("--seeds", type=int, help="seeds per variant (default: the study's, 3)")
+    study.add_argument("--steps", type=int, help="training steps per run (default: TrainConfig.steps)")
+    study.add_argument("--out", help="folder for the runs (default: runs/study_NAME)")
+    study.add_argument("--report", help="where the Markdown table goes (default: docs/studies/NAME.md)")
+    study.add_argument("--jobs", type=int, default=1, help="runs trained at once, one CPU thread each")
+    study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"a TrainConfig setting for every run, one of: {', '.join(SETTINGS)}")
+    study.set_defaults(handler=study_command)
     images = commands.add_parser("images", help="GEDI with and without gen on MNIST-5k and Fashion-MNIST, k-means, "
                                  "OOD of each against the other, over seeds; Markdown tables")
     images.add_argument("--datasets", nargs="+", default=["mnist5k", "fashion-mnist"],

@@ -75,6 +75,7 @@ class TrainConfig:
     assignment: str = "softmax"
     sinkhorn_eps: float = 0.05  # GEDILoss's Sinkhorn-Knopp settings (assignment "sinkhorn")
     sinkhorn_iters: int = 3
+    queue_size: int = 0  # past logits per view in the Sinkhorn targets and the prior (GEDILoss queue_size)
     augmentation: str | None = None  # "jitter" | "rotation" | "image" | "affine"
     view_noise: float | None = None
     sgld: dict = field(default_factory=lambda: dict(DEFAULT_SGLD))  # SGLDConfig fields over the dataset's
@@ -93,6 +94,10 @@ class TrainConfig:
                      "sinkhorn_iters"):
             require_int(getattr(self, name), name, minimum=1)
         require_int(self.clusters, "clusters", minimum=0)
+        require_int(self.queue_size, "queue_size", minimum=0)
+        if self.queue_size and self.compile_step:
+            raise ValueError("queue_size > 0 is not supported with compile_step=True (the queue grows over the "
+                             "first steps, which would recompile the step); set one of them off")
         require_int(self.stem_stride, "stem_stride", minimum=1, maximum=4)
         if self.clusters == 1:
             raise ValueError("clusters must be 0 (the number of classes) or >= 2, got 1")

@@ -8,6 +8,7 @@ import torch
 from gedi_fast.distributed import check_distributed, resolve
 from gedi_fast.ops.backend import BACKENDS
 from gedi_fast.ops.gedi import ASSIGNMENTS, gedi_loss
+from gedi_fast.queue import LogitQueue
 from gedi_fast.validation import (
     check_gedi_inputs,
     require_bool,
@@ -46,6 +47,14 @@ class GEDILoss(torch.nn.Module):
     Non-finite logits are not checked by default (a check costs a host sync): NaN or +inf anywhere in
     z1, z2 or zn makes the loss NaN on both backends (a -inf logit is a cluster of probability 0).
     check_finite=True raises a ValueError naming the input instead.
+
+    queue_size=N > 0 keeps the last N rows of each view's logits (gedi_fast.queue, SwAV's queue): the
+    Sinkhorn targets and the prior's column means cover the queued rows with the batch's, which
+    small batches need; the other terms stay the batch's own. The queue fills over the first calls
+    and takes each call's rows after the loss is computed, in training mode only (`.eval()` reads it
+    without adding). Under DDP each rank queues its own rows and the reductions cover every rank's
+    queue, as they cover every rank's batch. A queue runs on the reference ("auto" picks it, even
+    for CUDA logits; backend="triton" is refused): the fused kernels take no queued rows yet.
     """
 
     def __init__(
@@ -62,6 +71,7 @@ class GEDILoss(torch.nn.Module):
         distributed: bool | str = "auto",
         process_group: ProcessGroup | None = None,
         check_finite: bool = False,
+        queue_size: int = 0,
     ) -> None:
         super().__init__()
         self.temperature = require_real(temperature, "temperature", positive=True)
@@ -78,6 +88,10 @@ class GEDILoss(torch.nn.Module):
         self.distributed = check_distributed(distributed, process_group)
         self.process_group = process_group
         self.check_finite = require_bool(check_finite, "check_finite")
+        require_int(queue_size, "queue_size", minimum=0)
+        if queue_size and self.backend == "triton":
+            raise ValueError("queue_size > 0 needs backend 'auto' or 'torch': the fused kernels take no queued rows")
+        self.queue = LogitQueue(queue_size) if queue_size else None
 
     def forward(
         self,
@@ -92,12 +106,16 @@ class GEDILoss(torch.nn.Module):
                 if z is not None:
                     require_finite(z, name)
         ranks = resolve(self.distributed, self.process_group)
+        queued = None if self.queue is None else self.queue.rows(z1)
         loss, terms = gedi_loss(z1, z2, zn, self.temperature, self.weights, self.assignment, self.sinkhorn_eps,
-                                self.sinkhorn_iters, self.backend, ranks)
+                                self.sinkhorn_iters, self.backend, ranks, queued)
+        if self.queue is not None and self.training:
+            self.queue.push(z1.detach(), z2.detach())
         return (loss, terms) if return_terms else loss
 
     def extra_repr(self) -> str:
         # Named as the constructor's arguments: gen_weight, inv_weight, prior_weight, energy_reg.
         weights = ", ".join(f"{name if name == 'energy_reg' else name + '_weight'}={w:g}" for name, w in self.weights.items())
         return (f"temperature={self.temperature:g}, {weights}, assignment={self.assignment!r}, "
-                f"backend={self.backend!r}, distributed={self.distributed!r}")
+                f"backend={self.backend!r}, distributed={self.distributed!r}"
+                + (f", queue_size={self.queue.size}" if self.queue is not None else ""))

@@ -52,6 +52,7 @@ def snapshot(trainer: GEDITrainer) -> dict:
         "model": trainer.model.state_dict(),
         "optimiser": trainer.optimiser.state_dict(),
         "sampler": None if trainer.sampler is None else trainer.sampler.state_dict(),
+        "queue": None if trainer.loss_fn.queue is None else trainer.loss_fn.queue.state_dict(),
         "generator": trainer.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     })
@@ -67,6 +68,8 @@ def roll_back(trainer: GEDITrainer, good: dict, reason: str, retry: int) -> None
     torch.set_rng_state(good["torch_rng"])
     trainer.step = good["step"]
     trainer.rollbacks += 1
+    if trainer.loss_fn.queue is not None:  # the queue may hold logits of the steps that diverged
+        trainer.loss_fn.queue.load_state_dict(good["queue"])
     if trainer.sampler is not None:
         trainer.sampler.load_state_dict(good["sampler"])
         trainer.sampler.reseed(trainer.sampler_seed())

@@ -28,6 +28,7 @@ from gedi_fast.data import Dataset, load_dataset
 from gedi_fast.loss import GEDILoss
 from gedi_fast.models import build_model
 from gedi_fast.precision import tf32_switches
+from gedi_fast.queue import LogitQueue
 from gedi_fast.rollback import RESEED_STRIDE, Recovery
 from gedi_fast.sampler import SGLDSampler
 
@@ -76,7 +77,8 @@ class GEDITrainer:
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.loss_fn = GEDILoss(config.temperature, config.gen_weight, config.inv_weight, config.prior_weight,
                                 config.assignment, sinkhorn_eps=config.sinkhorn_eps,
-                                sinkhorn_iters=config.sinkhorn_iters, energy_reg=config.energy_reg)
+                                sinkhorn_iters=config.sinkhorn_iters, energy_reg=config.energy_reg,
+                                queue_size=config.queue_size)
         self.train_x = self.dataset.train_x.to(self.device)
         self.augmentation = config.augmentation or self.dataset.augmentation
         self.view_noise = self.dataset.view_noise if config.view_noise is None else config.view_noise
@@ -263,9 +265,10 @@ class GEDITrainer:
         }
 
     def state_dict(self) -> dict:
-        """The run's state. "samplers" holds every rank's replay buffer and stream (None without SGLD).
+        """The run's state. "samplers" holds every rank's replay buffer and stream (None without SGLD),
+        "queues" every rank's queue of past logits (None without queue_size).
 
-        Under DDP it is a collective (every rank calls it) and "samplers" is complete on rank 0 only;
+        Under DDP it is a collective (every rank calls it) and "samplers", "queues" are complete on rank 0 only;
         model, optimiser and the data stream are the same on every rank.
         """
         return {
@@ -273,19 +276,21 @@ class GEDITrainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "optimiser": self.optimiser.state_dict(),
-            "samplers": self._sampler_states(),
+            "samplers": self._rank_states(self.sampler),
+            "queues": self._rank_states(self.loss_fn.queue),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
             "rollbacks": self.rollbacks,
         }
 
-    def _sampler_states(self) -> list[dict] | None:
-        if self.sampler is None:
+    def _rank_states(self, part: SGLDSampler | LogitQueue | None) -> list[dict] | None:
+        """Every rank's state of `part` (its replay buffer, its queue), complete on rank 0; None without one."""
+        if part is None:
             return None
         if self.world_size == 1:
-            return [self.sampler.state_dict()]
-        own = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in self.sampler.state_dict().items()}
+            return [part.state_dict()]
+        own = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in part.state_dict().items()}
         states = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(own, states, dst=0)
         return states
@@ -338,7 +343,7 @@ class GEDITrainer:
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`; under DDP every rank loads the same checkpoint.
 
-        Rank r takes the r-th saved sampler state, so resuming on the same number of ranks is exact;
+        Rank r takes the r-th saved sampler and queue states, so resuming on the same number of ranks is exact;
         ranks beyond the saved ones keep the fresh buffer of their own seed.
         """
         self.model.load_state_dict(state["model"])
@@ -346,6 +351,10 @@ class GEDITrainer:
         samplers = state["samplers"]
         if self.sampler is not None and self.rank < len(samplers):
             self.sampler.load_state_dict(samplers[self.rank])
+        queues = state.get("queues")  # checkpoints from before the queue have none
+        if self.loss_fn.queue is not None and queues is not None and self.rank < len(queues):
+            self.loss_fn.queue.load_state_dict(queues[self.rank])
+            self.loss_fn.queue.to(self.device)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.history = state["step"], state["history"]

@@ -135,6 +135,27 @@ def test_triad_writes_a_table_with_every_variant_and_kmeans(tmp_path, capsys):
     assert text.count("+-") == 12  # NMI and ACC for each of the six rows
 
 
+def test_a_study_writes_one_row_per_dataset_and_method(tmp_path, monkeypatch):
+    import dataclasses
+
+    from gedi_fast import checkpoint
+    from gedi_fast.studies import STUDIES
+
+    monkeypatch.setitem(STUDIES, "queue", dataclasses.replace(STUDIES["queue"], datasets=("blobs", "moons")))
+    report = tmp_path / "queue.md"
+    argv = ["study", "queue", "--seeds", "2", "--steps", "3", "--out", str(tmp_path / "runs"), "--report", str(report),
+            *FAST]
+    assert main(argv) == 0
+    text = report.read_text()
+    assert "gedi-fast study queue --seeds 2 --steps 3" in text and STUDIES["queue"].question in text
+    for dataset in ("blobs", "moons"):
+        for method in (*STUDIES["queue"].variants, "k-means"):
+            assert f"| {dataset} | {method} | 2 | " in text
+    assert "not run" not in text
+    queued = checkpoint.load(tmp_path / "runs" / "blobs" / "Sinkhorn_batch_32_queue_512" / "seed1" / "checkpoint.pt")
+    assert queued["config"]["batch_size"] == 32 and queued["queues"][0]["filled"] == 3 * 32
+
+
 def test_triad_scores_do_not_depend_on_parallel_jobs(tmp_path):
     from gedi_fast import triad
     from gedi_fast.trainer import TrainConfig

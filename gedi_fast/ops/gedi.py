@@ -56,13 +56,15 @@ def fused_gedi_terms(
 def gedi_loss(
     z1: torch.Tensor, z2: torch.Tensor, zn: torch.Tensor | None, temperature: float, weights: dict[str, float],
     assignment: str, sinkhorn_eps: float, sinkhorn_iters: int, backend: str, ranks: Ranks | None = None,
+    queue: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(weighted loss, terms and diagnostics) on the backend's face; arguments are checked by GEDILoss.
 
     `weights` maps each of reference.TERM_NAMES to its weight; `ranks` (gedi_fast.distributed) makes
-    the terms those of all ranks' rows.
+    the terms those of all ranks' rows. Queued rows (`queue`, gedi_fast.queue) are taken by the
+    reference only: the fused kernels have no input for them yet, so a queue selects the reference.
     """
-    if use_triton(backend, z1):
+    if queue is None and use_triton(backend, z1):
         return fused_gedi_terms(z1, z2, zn, temperature, weights, assignment, sinkhorn_eps, sinkhorn_iters, ranks)
-    terms = reference.gedi_terms(z1, z2, zn, temperature, assignment, sinkhorn_eps, sinkhorn_iters, ranks)
+    terms = reference.gedi_terms(z1, z2, zn, temperature, assignment, sinkhorn_eps, sinkhorn_iters, ranks, queue)
     return reference.weighted_loss(terms, weights), terms

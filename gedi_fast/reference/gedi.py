@@ -82,7 +82,8 @@ def terms_from_sums(sums: dict[str, torch.Tensor | int | None]) -> dict[str, tor
         gen = energy_data - energy_neg
         energy_reg = energy_reg + sums["lse_n_sq"] / sums["samples"]
     log_columns = sums["log_columns"]
-    log_pbar = log_columns - (views.log() if isinstance(views, torch.Tensor) else math.log(views))
+    prior_rows = views + sums.get("queue_rows", 0)
+    log_pbar = log_columns - (prior_rows.log() if isinstance(prior_rows, torch.Tensor) else math.log(prior_rows))
     return {
         "gen": gen,
         "inv": -sums["cross"] / views,
@@ -94,6 +95,17 @@ def terms_from_sums(sums: dict[str, torch.Tensor | int | None]) -> dict[str, tor
     }
 
 
+def queue_sums(sums: dict[str, torch.Tensor | int | None], queue: tuple[torch.Tensor, torch.Tensor],
+               temperature: float) -> dict[str, torch.Tensor | int | None]:
+    """batch_sums with the queued rows of both views in the prior's column sums (constants, no gradient).
+
+    "queue_rows" counts them; the prior's pbar is then the mean over the queued and the batch's rows.
+    """
+    log_q, _ = scaled_log_softmax(torch.cat(queue).detach(), temperature)
+    queued_columns = torch.logsumexp(log_q.to(sums["log_columns"].dtype), dim=0)
+    return {**sums, "log_columns": torch.logaddexp(sums["log_columns"], queued_columns), "queue_rows": log_q.shape[0]}
+
+
 def terms_from_statistics(stats: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
     """The unweighted terms and detached diagnostics of docs/DESIGN.md from gedi_statistics' output."""
     return terms_from_sums(batch_sums(stats))
@@ -101,15 +113,26 @@ def terms_from_statistics(stats: dict[str, torch.Tensor | None]) -> dict[str, to
 
 def assignment_targets(
     z1: torch.Tensor, z2: torch.Tensor, assignment: str, sinkhorn_eps: float, sinkhorn_iters: int,
-    ranks: Ranks | None = None,
+    ranks: Ranks | None = None, queue: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The inv term's targets: None for "softmax" (t = q, with gradient), Sinkhorn-Knopp per view otherwise."""
+    """The inv term's targets: None for "softmax" (t = q, with gradient), Sinkhorn-Knopp per view otherwise.
+
+    With a `queue` of past rows per view, each view is balanced together with its queued rows and
+    keeps the targets of its own rows, as SwAV does.
+    """
     if assignment == "softmax":
         return None
     if assignment == "sinkhorn":
-        return (sinkhorn_knopp(z1, sinkhorn_eps, sinkhorn_iters, ranks),
-                sinkhorn_knopp(z2, sinkhorn_eps, sinkhorn_iters, ranks))
+        queued = (None, None) if queue is None else queue
+        return tuple(_balanced(z, rows, sinkhorn_eps, sinkhorn_iters, ranks) for z, rows in zip((z1, z2), queued))
     raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
+
+
+def _balanced(z: torch.Tensor, queued: torch.Tensor | None, eps: float, iters: int,
+              ranks: Ranks | None) -> torch.Tensor:
+    if queued is None:
+        return sinkhorn_knopp(z, eps, iters, ranks)
+    return sinkhorn_knopp(torch.cat([queued.to(z.dtype), z.detach()]), eps, iters, ranks)[queued.shape[0]:]
 
 
 def gedi_terms(
@@ -121,18 +144,26 @@ def gedi_terms(
     sinkhorn_eps: float = 0.05,
     sinkhorn_iters: int = 3,
     ranks: Ranks | None = None,
+    queue: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The unweighted GEDI terms and detached diagnostics for views z1, z2 (B x K), samples zn (M x K).
 
     Returns 0-dim tensors: "gen", "inv", "prior", "energy_reg" (differentiable) and "energy_data",
     "energy_neg" (NaN without samples), "cluster_entropy" (detached). With `ranks`, the terms of all
     ranks' rows together, the same on every rank; each rank's gradient is for its own rows, times the
-    world size (see gedi_fast.distributed).
+    world size (see gedi_fast.distributed). `queue` holds past rows of each view (gedi_fast.queue):
+    the prior's column means and the Sinkhorn targets then cover them too; every other term is the
+    batch's own.
     """
-    targets = assignment_targets(z1, z2, assignment, sinkhorn_eps, sinkhorn_iters, ranks)
+    targets = assignment_targets(z1, z2, assignment, sinkhorn_eps, sinkhorn_iters, ranks, queue)
     sums = batch_sums(gedi_statistics(z1, z2, zn, temperature, targets))
+    if queue is not None:
+        sums = queue_sums(sums, queue, temperature)
     if ranks is not None:
-        sums = {**ranks.sum_rows(sums), "log_columns": ranks.logsumexp(sums["log_columns"])}
+        reduced = {**ranks.sum_rows(sums), "log_columns": ranks.logsumexp(sums["log_columns"])}
+        if queue is not None:
+            reduced["queue_rows"] = ranks.sum(sums["lse"].new_full((), float(sums["queue_rows"])))
+        sums = reduced
     return terms_from_sums(sums)
 
 
