@@ -147,9 +147,16 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line(args: argparse.Namespace) -> str:
-    """The command as typed, for a report's "Command:" line."""
-    return " ".join(["gedi-fast", *(sys.argv[1:] if args.argv is None else args.argv)])
+def _write_report(args: argparse.Namespace, path: str, title: str, minutes: float, body: str,
+                  question: str = "") -> pathlib.Path:
+    """A Markdown report: the title, the question asked, the command as typed, where and how long it ran."""
+    command = " ".join(["gedi-fast", *(sys.argv[1:] if args.argv is None else args.argv)])
+    lead = f"{question}\n\n" if question else ""
+    report = pathlib.Path(path)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(f"# {title}\n\n{lead}Command: `{command}`\n\nRun: {_machine()}; {minutes:.0f} min wall.\n\n"
+                      f"{body}\n")
+    return report
 
 
 def triad_command(args: argparse.Namespace) -> int:
@@ -160,11 +167,7 @@ def triad_command(args: argparse.Namespace) -> int:
     results = triad.run(args.datasets, range(args.seeds), args.steps, args.out, base, jobs=args.jobs)
     minutes = (time.perf_counter() - started) / 60
     table = triad.markdown_table(results, args.datasets)
-    command = _command_line(args)
-    report = pathlib.Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    where = f"{_machine()}; {minutes:.0f} min wall"
-    report.write_text(f"# The failure-mode triad on our data\n\nCommand: `{command}`\n\nRun: {where}.\n\n{table}\n")
+    report = _write_report(args, args.report, "The failure-mode triad on our data", minutes, table)
     print(table)
     print(f"table: {report}")
     return 0
@@ -181,11 +184,8 @@ def study_command(args: argparse.Namespace) -> int:
                         base, jobs=args.jobs, variants=study.variants)
     minutes = (time.perf_counter() - started) / 60
     table = studies.markdown_table(study, results)
-    command = _command_line(args)
-    report = pathlib.Path(args.report or f"docs/studies/{args.name}.md")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(f"# Study: {args.name}\n\n{study.question}\n\nCommand: `{command}`\n\n"
-                      f"Run: {_machine()}; {minutes:.0f} min wall.\n\n{table}\n")
+    report = _write_report(args, args.report or f"docs/studies/{args.name}.md", f"Study: {args.name}", minutes, table,
+                           study.question)
     print(table)
     print(f"table: {report}")
     return 0
@@ -200,11 +200,7 @@ def images_command(args: argparse.Namespace) -> int:
     results, ood = image_study.run(range(args.seeds), args.out, base, args.jobs, args.datasets)
     minutes = (time.perf_counter() - started) / 60
     tables = f"{image_study.clustering_table(results, args.datasets)}\n\n{image_study.ood_table(ood, args.datasets)}"
-    command = _command_line(args)
-    report = pathlib.Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(f"# GEDI on images\n\nCommand: `{command}`\n\nRun: {_machine()}; {minutes:.0f} min wall.\n\n"
-                      f"{tables}\n")
+    report = _write_report(args, args.report, "GEDI on images", minutes, tables)
     print(tables)
     print(f"tables: {report}; runs (metrics.json, PNGs) under {args.out}")
     return 0
