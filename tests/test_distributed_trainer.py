@@ -1,5 +1,5 @@
 """The trainer under DDP: two gloo ranks on CPU step like one process on the doubled batch, keep their
-own replay buffers and noise, and resume exactly; `gedi-fast train` runs under torchrun.
+own replay buffers, noise and queues, and resume exactly; `gedi-fast train` runs under torchrun.
 
 One spawned pair of ranks runs every in-process case (one start-up for the module); the parent runs
 the single-process references and compares.
@@ -28,6 +28,8 @@ WORLD = 2
 # No sampler, so the only randomness is the shared data stream; the views keep their default jitter.
 NO_SGLD = dict(steps=4, batch_size=16, hidden=32, gen_weight=0.0, energy_reg=0.0, log_every=1, checkpoint_every=100)
 WITH_SGLD = dict(steps=6, batch_size=16, hidden=32, sgld=dict(steps=2, buffer_size=64), log_every=2, checkpoint_every=100)
+# The resumed runs also queue past logits (wrapped by the step-3 checkpoint) for global Sinkhorn targets.
+RESUMED = {**WITH_SGLD, "assignment": "sinkhorn", "queue_size": 24}
 TERMS = ("loss", "inv", "prior", "cluster_entropy")
 
 
@@ -52,14 +54,15 @@ def _rank_main(rank: int, store_path: str, out_dir: str) -> None:
             _break_parameters_once(faulty, at_step=3)
         faulty.train()
         result["rollback"] = {"model": faulty.model.state_dict(), "events": [h for h in faulty.history if "event" in h]}
-        straight = GEDITrainer(TrainConfig(**WITH_SGLD), out / "straight")
+        straight = GEDITrainer(TrainConfig(**RESUMED), out / "straight")
         straight.train()
-        broken = GEDITrainer(TrainConfig(**WITH_SGLD), out / "broken")
+        broken = GEDITrainer(TrainConfig(**RESUMED), out / "broken")
         broken.train(until=3)
         resumed = GEDITrainer.resume(out / "broken")
         resumed.train()
         result["resume"] = {name: (t.model.state_dict(), t.sampler.buffer.clone(), t.sampler.seed)
                             for name, t in (("straight", straight), ("resumed", resumed))}
+        result["queue"] = {name: t.loss_fn.queue.logits for name, t in (("straight", straight), ("resumed", resumed))}
         torch.save(result, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -134,11 +137,15 @@ def test_resume_under_ddp_is_exact_per_rank(run):
             assert torch.equal(straight[name], resumed[name]), (rank, name)
         assert torch.equal(straight_buffer, resumed_buffer), rank
         assert torch.equal(saved["samplers"][rank]["buffer"], resumed_buffer), rank
+        assert torch.equal(got["queue"]["straight"], got["queue"]["resumed"]), rank
+        assert torch.equal(saved["queues"][rank]["logits"], got["queue"]["resumed"]), rank
+        assert saved["queues"][rank]["filled"] == RESUMED["queue_size"]
+    assert not torch.equal(saved["queues"][0]["logits"], saved["queues"][1]["logits"])  # each rank queues its own rows
 
 
 def test_every_rank_has_its_own_replay_buffer_and_noise(run):
     (_, buffer0, seed0), (_, buffer1, seed1) = (got["resume"]["straight"] for got in run[1])
-    assert seed0 == TrainConfig(**WITH_SGLD).seed and seed1 != seed0  # rank 0 keeps the run's seed
+    assert seed0 == TrainConfig(**RESUMED).seed and seed1 != seed0  # rank 0 keeps the run's seed
     assert not torch.equal(buffer0, buffer1)
 
 
