@@ -113,6 +113,17 @@ class GEDILoss(torch.nn.Module):
             self.queue.push(z1.detach(), z2.detach())
         return (loss, terms) if return_terms else loss
 
+    def get_extra_state(self) -> dict | None:
+        """The queue travels in the module's state_dict (None without one)."""
+        return None if self.queue is None else self.queue.state_dict()
+
+    def set_extra_state(self, state: dict | None) -> None:
+        if (state is None) != (self.queue is None):
+            raise ValueError(f"queue_size: the state {'has no' if state is None else 'holds a'} queue, this loss "
+                             f"{'has one' if self.queue is not None else 'has none'}")
+        if state is not None:
+            self.queue.load_state_dict(state)
+
     def extra_repr(self) -> str:
         # Named as the constructor's arguments: gen_weight, inv_weight, prior_weight, energy_reg.
         weights = ", ".join(f"{name if name == 'energy_reg' else name + '_weight'}={w:g}" for name, w in self.weights.items())

@@ -81,6 +81,17 @@ def test_the_ring_keeps_the_newest_rows_in_order():
     assert all(torch.equal(a, b) for a, b in zip(copy.rows(pushed[0]), queue.rows(pushed[0])))
 
 
+def test_the_module_state_dict_carries_the_queue():
+    generator = torch.Generator().manual_seed(5)
+    loss = _filled(GEDILoss(queue_size=6, **SETTINGS), [(_logits(4, 5, 1.0, generator).detach(),) * 2] * 2)
+    copy = GEDILoss(queue_size=6, **SETTINGS)
+    copy.load_state_dict(loss.state_dict())
+    like = torch.zeros(1, 5)
+    assert copy.queue.filled == 6 and all(torch.equal(a, b) for a, b in zip(copy.queue.rows(like), loss.queue.rows(like)))
+    with pytest.raises(ValueError, match="queue_size"):
+        GEDILoss(**SETTINGS).load_state_dict(loss.state_dict())
+
+
 @pytest.mark.parametrize("make, error", [
     (lambda: GEDILoss(queue_size=-1), ValueError),
     (lambda: GEDILoss(queue_size=2.5), TypeError),
