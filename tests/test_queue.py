@@ -1,6 +1,7 @@
 """The queue of past logits (GEDILoss queue_size): a queued loss is the loss on the concatenated batch
-for what the queue feeds (the prior's column means, the Sinkhorn targets) and the batch's own loss for
-the rest; the ring keeps the newest rows; checkpoints and rollbacks carry it; under DDP it is global."""
+for what the queue feeds (the prior's column means, the Sinkhorn targets; the prior's gradient at the
+batch's scale) and the batch's own loss for the rest; the ring keeps the newest rows; checkpoints and
+rollbacks carry it; under DDP it is global."""
 from __future__ import annotations
 
 import pytest
@@ -52,9 +53,11 @@ def test_queued_loss_equals_the_loss_on_the_concatenated_batch(assignment, clust
     torch.testing.assert_close(terms["cluster_entropy"], concatenated["cluster_entropy"], rtol=1e-12, atol=1e-12)
     for name in ("gen", "inv", "energy_reg"):
         torch.testing.assert_close(terms[name], own[name], rtol=1e-12, atol=1e-12, msg=name)
+    # The gradient is the concatenated batch's at the batch's own scale (docs/DESIGN.md, "The queue").
+    scale = (len(queued1) + batch) / batch
     want = torch.autograd.grad(concatenated["prior"], (z1, z2))
     for have, expected in zip(torch.autograd.grad(terms["prior"], (z1, z2), retain_graph=True), want):
-        torch.testing.assert_close(have, expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(have, scale * expected, rtol=1e-10, atol=1e-12)
     assert loss.queue.filled == size and torch.equal(loss.queue.rows(z1)[0][-batch:], z1.detach())
 
 

@@ -84,10 +84,13 @@ def terms_from_sums(sums: dict[str, torch.Tensor | int | None]) -> dict[str, tor
     log_columns = sums["log_columns"]
     prior_rows = views + sums.get("queue_rows", 0)
     log_pbar = log_columns - (prior_rows.log() if isinstance(prior_rows, torch.Tensor) else math.log(prior_rows))
+    prior = -math.log(log_pbar.shape[0]) - log_pbar.mean()
+    if "queue_rows" in sums:  # the batch's gradient at its own scale: the queue only sharpens pbar's estimate
+        prior = prior + (prior_rows / views - 1) * (prior - prior.detach())
     return {
         "gen": gen,
         "inv": -sums["cross"] / views,
-        "prior": -math.log(log_pbar.shape[0]) - log_pbar.mean(),
+        "prior": prior,
         "energy_reg": energy_reg,
         "energy_data": energy_data.detach(),
         "energy_neg": energy_neg.detach(),
@@ -99,7 +102,8 @@ def queue_sums(sums: dict[str, torch.Tensor | int | None], queue: tuple[torch.Te
                temperature: float) -> dict[str, torch.Tensor | int | None]:
     """batch_sums with the queued rows of both views in the prior's column sums (constants, no gradient).
 
-    "queue_rows" counts them; the prior's pbar is then the mean over the queued and the batch's rows.
+    "queue_rows" counts them; the prior's pbar is then the mean over the queued and the batch's rows,
+    and its gradient for the batch's rows is scaled back up by (queued + batch rows) / batch rows.
     """
     log_q, _ = scaled_log_softmax(torch.cat(queue).detach(), temperature)
     queued_columns = torch.logsumexp(log_q.to(sums["log_columns"].dtype), dim=0)
