@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 # Entries of reference.batch_sums that add up across ranks (None entries count as 0).
-SUMMED = ("views", "lse", "lse_sq", "cross", "samples", "lse_n", "lse_n_sq")
+SUMMED = ("views", "lse", "lse_sq", "cross", "samples", "lse_n", "lse_n_sq", "queue_rows")
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,14 @@ class Ranks:
         """reference.batch_sums over all ranks' rows: counts and sums in one all-reduce.
 
         "log_columns" passes through: callers reduce it themselves (by logsumexp or as max-sum pairs).
-        A rank without samples adds zeros and keeps "lse_n" None, so its gen term stays 0.
+        A rank without samples adds zeros and keeps "lse_n" None, so its gen term stays 0; without a
+        queue "queue_rows" is None.
         """
         like = sums["lse"]
         local = [value if isinstance(value, torch.Tensor) else like.new_full((), float(value or 0))
-                 for value in (sums[name] for name in SUMMED)]
+                 for value in (sums.get(name) for name in SUMMED)]
         total = dict(zip(SUMMED, self.sum(torch.stack(local)).unbind()))
-        reduced = {name: None if sums[name] is None else total[name] for name in SUMMED}
+        reduced = {name: None if sums.get(name) is None else total[name] for name in SUMMED}
         return {**reduced, "log_columns": sums["log_columns"]}
 
 

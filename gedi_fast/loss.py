@@ -51,9 +51,8 @@ class GEDILoss(torch.nn.Module):
     queue_size=N > 0 keeps the last N rows of each view's logits (gedi_fast.queue, SwAV's queue): the
     Sinkhorn targets and the prior's column means cover the queued rows with the batch's, which
     small batches need (the prior's gradient keeps the batch's scale); the other terms stay the
-    batch's own. The queue fills over the first calls
-    and takes each call's rows after the loss is computed, in training mode only (`.eval()` reads it
-    without adding). Under DDP each rank queues its own rows and the reductions cover every rank's
+    batch's own. The queue fills over the first calls and takes each call's rows after the loss is
+    computed, in training mode only (`.eval()` reads it without adding). Under DDP each rank queues its own rows and the reductions cover every rank's
     queue, as they cover every rank's batch. A queue runs on the reference ("auto" picks it, even
     for CUDA logits; backend="triton" is refused): the fused kernels take no queued rows yet.
     """

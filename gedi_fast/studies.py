@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import statistics
 
-import numpy as np
-
 
 @dataclasses.dataclass(frozen=True)
 class Study:
@@ -37,6 +35,8 @@ STUDIES: dict[str, Study] = {
 
 def markdown_table(study: Study, results: dict[tuple[str, str], list[dict]]) -> str:
     """One row per dataset and method (the study's variants, then k-means), mean +- std over seeds."""
+    from gedi_fast.triad import mean_std  # triad pulls in scikit-learn: only when a table is made
+
     lines = ["| dataset | method | seeds | NMI | ACC | largest cluster (worst seed) | usage entropy / log K "
              "| train wall s |", "|---|---|---|---|---|---|---|---|"]
     for dataset in study.datasets:
@@ -46,12 +46,8 @@ def markdown_table(study: Study, results: dict[tuple[str, str], list[dict]]) -> 
                 lines.append(f"| {dataset} | {method} | 0 | not run | not run | not run | not run | not run |")
                 continue
             largest = max(r["largest_cluster_share"] for r in runs)
-            lines.append(f"| {dataset} | {method} | {len(runs)} | {_mean_std([r['nmi'] for r in runs])} "
-                         f"| {_mean_std([r['acc'] for r in runs])} | {largest:.2f} "
-                         f"| {_mean_std([r['usage_entropy'] / r['usage_entropy_max'] for r in runs])} "
+            lines.append(f"| {dataset} | {method} | {len(runs)} | {mean_std([r['nmi'] for r in runs])} "
+                         f"| {mean_std([r['acc'] for r in runs])} | {largest:.2f} "
+                         f"| {mean_std([r['usage_entropy'] / r['usage_entropy_max'] for r in runs])} "
                          f"| {statistics.mean(r['train_wall_s'] for r in runs):.0f} |")
     return "\n".join(lines)
-
-
-def _mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} +- {np.std(values):.3f}"

@@ -111,11 +111,12 @@ def markdown_table(results: dict[tuple[str, str], list[dict]], datasets=DATASETS
             nmi = [r["nmi"] for r in runs]
             acc = [r["acc"] for r in runs]
             largest = max(r["largest_cluster_share"] for r in runs)
-            cells.append(f"{_mean_std(nmi)} (median {statistics.median(nmi):.3f}, largest cluster <= {largest:.2f})")
-            cells.append(_mean_std(acc))
+            cells.append(f"{mean_std(nmi)} (median {statistics.median(nmi):.3f}, largest cluster <= {largest:.2f})")
+            cells.append(mean_std(acc))
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """A table cell: mean +- standard deviation over seeds."""
     return f"{np.mean(values):.3f} +- {np.std(values):.3f}"

@@ -82,10 +82,11 @@ def terms_from_sums(sums: dict[str, torch.Tensor | int | None]) -> dict[str, tor
         gen = energy_data - energy_neg
         energy_reg = energy_reg + sums["lse_n_sq"] / sums["samples"]
     log_columns = sums["log_columns"]
-    prior_rows = views + sums.get("queue_rows", 0)
+    queue_rows = sums.get("queue_rows")
+    prior_rows = views if queue_rows is None else views + queue_rows
     log_pbar = log_columns - (prior_rows.log() if isinstance(prior_rows, torch.Tensor) else math.log(prior_rows))
     prior = -math.log(log_pbar.shape[0]) - log_pbar.mean()
-    if "queue_rows" in sums:  # the batch's gradient at its own scale: the queue only sharpens pbar's estimate
+    if queue_rows is not None:  # the batch's gradient at its own scale: the queue only sharpens pbar's estimate
         prior = prior + (prior_rows / views - 1) * (prior - prior.detach())
     return {
         "gen": gen,
@@ -164,10 +165,7 @@ def gedi_terms(
     if queue is not None:
         sums = queue_sums(sums, queue, temperature)
     if ranks is not None:
-        reduced = {**ranks.sum_rows(sums), "log_columns": ranks.logsumexp(sums["log_columns"])}
-        if queue is not None:
-            reduced["queue_rows"] = ranks.sum(sums["lse"].new_full((), float(sums["queue_rows"])))
-        sums = reduced
+        sums = {**ranks.sum_rows(sums), "log_columns": ranks.logsumexp(sums["log_columns"])}
     return terms_from_sums(sums)
 
 
