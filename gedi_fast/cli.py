@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import os
 import pathlib
 import platform
@@ -179,15 +180,24 @@ def study_command(args: argparse.Namespace) -> int:
     study = STUDIES[args.name]
     seeds = study.seeds if args.seeds is None else args.seeds
     base = TrainConfig.from_settings(**_overrides(args.set))
+    runs = pathlib.Path(args.out or f"runs/study_{args.name}")
     started = time.perf_counter()
-    results = triad.run(study.datasets, range(seeds), args.steps, pathlib.Path(args.out or f"runs/study_{args.name}"),
-                        base, jobs=args.jobs, variants=study.variants)
+    results = triad.run_cases(list(study.cases), range(seeds), args.steps, runs, base, jobs=args.jobs,
+                              train=study.trainer())
     minutes = (time.perf_counter() - started) / 60
-    table = studies.markdown_table(study, results)
-    report = _write_report(args, args.report or f"docs/studies/{args.name}.md", f"Study: {args.name}", minutes, table,
-                           study.question)
-    print(table)
-    print(f"table: {report}")
+    studies.save_results(results, runs / "results.json")
+    report_path = pathlib.Path(args.report or f"docs/studies/{args.name}.md")
+    body = studies.markdown_table(study, results)
+    if study.summary is not None:
+        body += "\n\n" + study.summary(study, results)
+    report = _write_report(args, str(report_path), f"Study: {args.name}", minutes, body, study.question)
+    if study.figures is not None:  # the table is written first: a failing plot loses no run
+        draw = getattr(importlib.import_module("gedi_fast.study_plots"), study.figures)
+        pictures = draw(study, results, runs, report_path.parent / args.name)
+        body += "\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in pictures)
+        report = _write_report(args, str(report_path), f"Study: {args.name}", minutes, body, study.question)
+    print(body)
+    print(f"table: {report}; runs and results.json under {runs}")
     return 0
 
 

@@ -51,7 +51,8 @@ def clustering_scores(true: torch.Tensor | np.ndarray, predicted: torch.Tensor |
 
 
 def cluster_usage(predicted: torch.Tensor | np.ndarray, clusters: int) -> dict[str, float]:
-    """Entropy of the cluster-size distribution (nats; log K when balanced) and the largest cluster's share."""
+    """Entropy of the cluster-size distribution (nats; log K when balanced), the largest cluster's share
+    and how many of the K clusters hold any point (over-clustering leaves some empty)."""
     c = _labels(predicted, "predicted")
     if c.min() < 0 or c.max() >= clusters:
         raise ValueError(f"predicted labels must lie in [0, {clusters}), got range [{c.min()}, {c.max()}]")
@@ -61,6 +62,7 @@ def cluster_usage(predicted: torch.Tensor | np.ndarray, clusters: int) -> dict[s
         "usage_entropy": float(-(nonzero * np.log(nonzero)).sum()),
         "usage_entropy_max": math.log(clusters),
         "largest_cluster_share": float(share.max()),
+        "clusters_used": int(nonzero.size),
     }
 
 

@@ -1,53 +1,201 @@
-"""Studies beyond the paper: a named question, the GEDI variants that answer it, datasets and seeds.
+"""Studies beyond the paper: a named question, the runs that answer it, and how their table reads.
 
-`gedi-fast study NAME` trains every variant on every dataset for every seed (gedi_fast.triad's runner,
-k-means beside them) and writes one Markdown table: a row per dataset and variant with NMI, ACC,
-cluster balance and training wall time.
+`gedi-fast study NAME` trains every case (a group of rows, a method, its TrainConfig settings) for
+every seed through gedi_fast.triad's runner, k-means beside each group, and writes one Markdown
+table (a row per group and method: NMI, ACC, cluster balance, training wall time and the study's own
+columns), the study's summary lines and its figures (gedi_fast.study_plots).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import pathlib
 import statistics
+from typing import Callable
+
+from gedi_fast.data import MANY_BLOBS
+from gedi_fast.triad import Case, cases, mean_std
+
+# Results as triad.run_cases gives them: {(method, group): [scores per seed]}.
+Results = dict[tuple[str, str], list[dict]]
+# Vector datasets of the same input shape: each one's out-of-distribution partner.
+VECTOR_OOD_PARTNERS = {"moons": "circles", "circles": "moons"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """An extra table column: the mean +- std over seeds of scores[key], "n/a" where a run lacks it."""
+
+    header: str
+    key: str
+    digits: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
 class Study:
     question: str
-    datasets: tuple[str, ...]
-    variants: dict[str, dict]  # name: TrainConfig settings on top of the base config
+    cases: tuple[Case, ...]
     seeds: int = 3
+    train: str = "train_one"  # a module-level function of this module or triad's: (config, folder, threads)
+    columns: tuple[Column, ...] = ()
+    summary: Callable[[Study, Results], str] | None = None  # Markdown lines under the table
+    figures: str | None = None  # a function of gedi_fast.study_plots: (study, results, runs, stem) -> paths
+
+    @property
+    def groups(self) -> list[str]:
+        return list(dict.fromkeys(case.group for case in self.cases))
+
+    def methods(self, group: str) -> list[str]:
+        return [case.method for case in self.cases if case.group == group]
+
+    def trainer(self) -> Callable:
+        """The function that trains one run of this study."""
+        from gedi_fast import probes, triad
+
+        return {"train_one": triad.train_one, "train_scoring_ood": train_scoring_ood,
+                "train_with_probes": probes.train_with_probes}[self.train]
 
 
+def train_scoring_ood(config, folder: pathlib.Path, threads: int | None = None) -> dict[str, float]:
+    """triad.train_one, then (for a dataset with a VECTOR_OOD_PARTNERS entry) the energy and
+    max-softmax AUROCs of telling the partner's test split from this one's, as `gedi-fast eval
+    --ood` records them; ms_per_step is the training wall time per step."""
+    from gedi_fast import image_study, triad
+
+    scores = triad.train_one(config, folder, threads)
+    scores["ms_per_step"] = 1000 * scores["train_wall_s"] / config.steps
+    partner = VECTOR_OOD_PARTNERS.get(config.dataset)
+    if partner is not None:
+        report = image_study.ood_of_run(folder, partner)
+        scores |= {"ood_energy_auroc": report["energy_auroc"], "ood_max_softmax_auroc": report["max_softmax_auroc"]}
+    return scores
+
+
+def cheapest_within_best(study: Study, results: Results, tolerance: float = 0.01) -> str:
+    """Per group: the best mean NMI among the study's methods and the cheapest method (ms per step)
+    whose mean NMI is within `tolerance` of it."""
+    lines = []
+    for group in study.groups:
+        scored = {m: results[(m, group)] for m in study.methods(group) if results.get((m, group))}
+        if not scored:
+            continue
+        nmi = {m: statistics.mean(r["nmi"] for r in runs) for m, runs in scored.items()}
+        cost = {m: statistics.mean(r["ms_per_step"] for r in runs) for m, runs in scored.items()}
+        best = max(nmi, key=nmi.get)
+        near = [m for m in scored if nmi[m] >= nmi[best] - tolerance]
+        cheapest = min(near, key=cost.get)
+        lines.append(f"- **{group}**: best mean NMI {nmi[best]:.3f} ({best}, {cost[best]:.1f} ms/step); cheapest "
+                     f"within {tolerance} of it: {cheapest} (NMI {nmi[cheapest]:.3f}, {cost[cheapest]:.1f} ms/step)")
+    return "\n".join(lines)
+
+
+WITHOUT_GEN = {"gen_weight": 0.0, "energy_reg": 0.0}
 SMALL_BATCH = {"batch_size": 32}
+# (setting, value) per SGLD variant: chain length at 64 samples, samples at 20 steps, chains from noise.
+SGLD_VARIANTS = {
+    **{f"{steps} SGLD steps": {"sgld_steps": steps} for steps in (0, 1, 5, 10, 20, 40)},
+    **{f"20 steps, {samples} samples": {"sgld_samples": samples} for samples in (16, 256)},
+    **{f"{steps} steps from noise": {"sgld_steps": steps, "reinit_prob": 1.0} for steps in (5, 20)},
+    "without gen": WITHOUT_GEN,
+}
+COLLAPSE_VARIANTS = {
+    "GEDI (full)": {},
+    "without gen": WITHOUT_GEN,
+    "without gen, energy_reg kept": {"gen_weight": 0.0},
+    "without gen, K = 50": {**WITHOUT_GEN, "clusters": 50},
+    "without gen, prior 1": {**WITHOUT_GEN, "prior_weight": 1.0},
+    "without gen, without prior": {**WITHOUT_GEN, "prior_weight": 0.0},
+}
+# The datasets' own view noise (gedi_fast.data: a test checks these), for the "views 1/10" variant.
+VIEW_NOISE = {"moons": 0.15, "digits": 1.0}
+
+
+def _collapse_cases(datasets: tuple[str, ...]) -> tuple[Case, ...]:
+    """COLLAPSE_VARIANTS on each dataset, with "without gen, views 1/10" after "without gen"."""
+    result = []
+    for case in cases(datasets, COLLAPSE_VARIANTS):
+        result.append(case)
+        if case.method == "without gen":
+            result.append(Case(case.group, "without gen, views 1/10",
+                               {**case.settings, "view_noise": VIEW_NOISE[case.group] / 10}))
+    return tuple(result)
+
+
+def _cluster_cases() -> tuple[Case, ...]:
+    methods = {"GEDI (full)": {}, "GEDI, Sinkhorn targets": {"assignment": "sinkhorn"}}
+    blobs = cases([f"blobs{k}" for k in MANY_BLOBS], methods)
+    digits = [Case(f"digits, K = {k}", method, {"dataset": "digits", "clusters": k, **settings})
+              for k in (10, 20, 50) for method, settings in methods.items()]
+    return (*blobs, *digits)
+
+
 STUDIES: dict[str, Study] = {
     "queue": Study(
         "Does a SwAV-style queue of past logits (queue_size) help balanced targets and the prior at batch 32?",
-        ("moons", "blobs", "digits"),
-        {
+        tuple(cases(("moons", "blobs", "digits"), {
             "softmax, batch 32": SMALL_BATCH,
             "softmax, batch 32, queue 512": {**SMALL_BATCH, "queue_size": 512},
             "Sinkhorn, batch 32": {**SMALL_BATCH, "assignment": "sinkhorn"},
             "Sinkhorn, batch 32, queue 512": {**SMALL_BATCH, "assignment": "sinkhorn", "queue_size": 512},
-        },
+        })),
+    ),
+    "collapse": Study(
+        "Why does GEDI avoid representational collapse without the generative term, and is there a setting "
+        "where removing it does collapse?",
+        _collapse_cases(("moons", "digits")),
+        train="train_with_probes",
+        columns=(Column("feature effective rank", "feature_effective_rank", 1),
+                 Column("lowest effective rank in training", "min_effective_rank", 1),
+                 Column("logit spread", "logit_spread", 2),
+                 Column("cos(inv, prior) gradients", "cos_inv_prior", 2)),
+        figures="collapse_figures",
+    ),
+    "clusters": Study(
+        "How does GEDI scale with the number of clusters K (true clusters on blobs, over-clustering on digits)?",
+        _cluster_cases(),
+        columns=(Column("clusters used", "clusters_used", 1),),
+        figures="cluster_figures",
+    ),
+    "sgld": Study(
+        "What do SGLD steps buy (NMI, out-of-distribution AUROC), and at what cost per step?",
+        tuple(cases(("moons", "digits"), SGLD_VARIANTS)),
+        train="train_scoring_ood",
+        columns=(Column("ms/step", "ms_per_step", 1), Column("OOD energy AUROC", "ood_energy_auroc"),
+                 Column("OOD max-softmax AUROC", "ood_max_softmax_auroc")),
+        summary=cheapest_within_best,
+        figures="sgld_figures",
     ),
 }
 
 
-def markdown_table(study: Study, results: dict[tuple[str, str], list[dict]]) -> str:
-    """One row per dataset and method (the study's variants, then k-means), mean +- std over seeds."""
-    from gedi_fast.triad import mean_std  # triad pulls in scikit-learn: only when a table is made
+def save_results(results: Results, path: pathlib.Path) -> None:
+    """results.json beside a study's runs: the scores of every run, to redraw its table and figures."""
+    path.write_text(json.dumps([{"method": m, "group": g, "runs": runs} for (m, g), runs in results.items()], indent=1))
 
-    lines = ["| dataset | method | seeds | NMI | ACC | largest cluster (worst seed) | usage entropy / log K "
-             "| train wall s |", "|---|---|---|---|---|---|---|---|"]
-    for dataset in study.datasets:
-        for method in [*study.variants, "k-means"]:
-            runs = results.get((method, dataset), [])
+
+def load_results(path: pathlib.Path) -> Results:
+    return {(entry["method"], entry["group"]): entry["runs"] for entry in json.loads(pathlib.Path(path).read_text())}
+
+
+def markdown_table(study: Study, results: Results) -> str:
+    """One row per group and method (the study's, then k-means), mean +- std over seeds."""
+    headers = ["group", "method", "seeds", "NMI", "ACC", "largest cluster (worst seed)", "usage entropy / log K",
+               "train wall s", *(column.header for column in study.columns)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for group in study.groups:
+        for method in [*study.methods(group), "k-means"]:
+            runs = results.get((method, group), [])
             if not runs:
-                lines.append(f"| {dataset} | {method} | 0 | not run | not run | not run | not run | not run |")
+                lines.append(f"| {group} | {method} | 0 | " + " | ".join(["not run"] * (len(headers) - 3)) + " |")
                 continue
             largest = max(r["largest_cluster_share"] for r in runs)
-            lines.append(f"| {dataset} | {method} | {len(runs)} | {mean_std([r['nmi'] for r in runs])} "
-                         f"| {mean_std([r['acc'] for r in runs])} | {largest:.2f} "
-                         f"| {mean_std([r['usage_entropy'] / r['usage_entropy_max'] for r in runs])} "
-                         f"| {statistics.mean(r['train_wall_s'] for r in runs):.0f} |")
+            cells = [group, method, str(len(runs)), mean_std([r["nmi"] for r in runs]),
+                     mean_std([r["acc"] for r in runs]), f"{largest:.2f}",
+                     mean_std([r["usage_entropy"] / r["usage_entropy_max"] for r in runs]),
+                     f"{statistics.mean(r['train_wall_s'] for r in runs):.0f}"]
+            for column in study.columns:
+                values = [r[column.key] for r in runs if column.key in r and not math.isnan(r[column.key])]
+                cells.append(mean_std(values, column.digits) if len(values) == len(runs) else "n/a")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

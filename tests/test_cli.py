@@ -141,17 +141,19 @@ def test_a_study_writes_one_row_per_dataset_and_method(tmp_path, monkeypatch):
     from gedi_fast import checkpoint
     from gedi_fast.studies import STUDIES
 
-    monkeypatch.setitem(STUDIES, "queue", dataclasses.replace(STUDIES["queue"], datasets=("blobs", "moons")))
+    queue = STUDIES["queue"]
+    monkeypatch.setitem(STUDIES, "queue", dataclasses.replace(
+        queue, cases=tuple(c for c in queue.cases if c.group in ("blobs", "moons"))))
     report = tmp_path / "queue.md"
     argv = ["study", "queue", "--seeds", "2", "--steps", "3", "--out", str(tmp_path / "runs"), "--report", str(report),
             *FAST]
     assert main(argv) == 0
     text = report.read_text()
-    assert "gedi-fast study queue --seeds 2 --steps 3" in text and STUDIES["queue"].question in text
+    assert "gedi-fast study queue --seeds 2 --steps 3" in text and queue.question in text
     for dataset in ("blobs", "moons"):
-        for method in (*STUDIES["queue"].variants, "k-means"):
+        for method in (*queue.methods(dataset), "k-means"):
             assert f"| {dataset} | {method} | 2 | " in text
-    assert "not run" not in text
+    assert "not run" not in text and "| digits |" not in text
     queued = checkpoint.load(tmp_path / "runs" / "blobs" / "Sinkhorn_batch_32_queue_512" / "seed1" / "checkpoint.pt")
     assert queued["config"]["batch_size"] == 32 and queued["queues"][0]["filled"] == 3 * 32
 

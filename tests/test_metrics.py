@@ -41,6 +41,8 @@ def test_cluster_usage():
     assert balanced["usage_entropy"] == pytest.approx(math.log(4)) and balanced["largest_cluster_share"] == 0.25
     collapsed = metrics.cluster_usage(np.zeros(10, dtype=np.int64), 4)
     assert collapsed["usage_entropy"] == pytest.approx(0.0) and collapsed["largest_cluster_share"] == 1.0
+    assert balanced["clusters_used"] == 4 and collapsed["clusters_used"] == 1
+    assert metrics.cluster_usage(np.array([0, 6, 6, 2, 0]), 9)["clusters_used"] == 3  # over-clustered: 6 empty
 
 
 def test_ood_auroc_known_cases():

@@ -1,0 +1,95 @@
+"""`gedi-fast study`: what each study runs, its table, summary and figures, on tiny runs."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from gedi_fast import studies, triad
+from gedi_fast.cli import main
+from gedi_fast.data import MANY_BLOBS, load_dataset
+from gedi_fast.trainer import TrainConfig
+
+FAST = ["--set", "batch_size=32", "--set", "hidden=32", "--set", "sgld_steps=2", "--set", "buffer_size=64",
+        "--set", "log_every=5", "--set", "sgld_samples=8"]
+# The cases each CLI test keeps: enough for every panel of the study's figures.
+KEPT = {
+    "collapse": lambda c: c.group == "moons" and c.method in ("GEDI (full)", "without gen", "without gen, K = 50"),
+    "clusters": lambda c: c.group in ("blobs10", "digits, K = 20") and c.method == "GEDI (full)",
+    "sgld": lambda c: c.group == "moons" and c.method in ("0 SGLD steps", "1 SGLD steps", "5 steps from noise",
+                                                         "20 steps, 16 samples", "without gen"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KEPT))
+def test_a_study_writes_its_table_summary_figures_and_results(name, tmp_path, monkeypatch):
+    study = studies.STUDIES[name]
+    small = dataclasses.replace(study, cases=tuple(c for c in study.cases if KEPT[name](c)))
+    monkeypatch.setitem(studies.STUDIES, name, small)
+    report = tmp_path / "docs" / f"{name}.md"
+    argv = ["study", name, "--seeds", "2", "--steps", "6", "--out", str(tmp_path / "runs"), "--report", str(report),
+            "--jobs", "2", *FAST]
+    assert main(argv) == 0
+    text = report.read_text()
+    assert study.question in text and "not run" not in text
+    saved = studies.load_results(tmp_path / "runs" / "results.json")
+    assert set(saved) == {(m, g) for g in small.groups for m in (*small.methods(g), "k-means")}
+    assert all(len(runs) == 2 for runs in saved.values())
+    for group in small.groups:
+        for method in (*small.methods(group), "k-means"):
+            row = next(line for line in text.splitlines() if line.startswith(f"| {group} | {method} | 2 | "))
+            cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+            assert len(cells) == 8 + len(study.columns), row
+            extra = cells[8:]
+            for column, cell in zip(study.columns, extra):  # k-means has no network: n/a where it lacks a score
+                assert (cell == "n/a") == (column.key not in saved[(method, group)][0]), (row, column)
+                assert cell == "n/a" or "+-" in cell, row
+    pictures = sorted(report.parent.glob(f"{name}_*.png"))
+    assert pictures and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
+    assert all(f"]({p.name})" in text for p in pictures)
+    if name == "sgld":
+        assert "cheapest within 0.01 of it" in text
+        assert 0 <= saved[("0 SGLD steps", "moons")][0]["ood_energy_auroc"] <= 1
+
+
+def test_a_group_with_its_own_k_trains_and_clusters_with_it(tmp_path):
+    case = triad.Case("digits, K = 13", "GEDI", {"dataset": "digits", "clusters": 13})
+    base = TrainConfig(batch_size=32, hidden=16, sgld=dict(steps=1, buffer_size=32), sgld_samples=8, log_every=2)
+    results = triad.run_cases([case], range(1), 2, tmp_path, base, log=lambda _: None)
+    for method in ("GEDI", "k-means"):
+        (scores,) = results[(method, "digits, K = 13")]
+        assert scores["usage_entropy_max"] == pytest.approx(math.log(13)) and scores["clusters_used"] <= 13
+    assert (triad.run_folder(tmp_path, "digits, K = 13", "GEDI", 0) / "checkpoint.pt").is_file()
+    assert triad.run_folder(tmp_path, "digits, K = 13", "GEDI", 0).parent.parent.name == "digits_K_13"
+
+
+def test_the_cheapest_setting_within_the_tolerance_of_the_best():
+    study = studies.Study("q", (triad.Case("d", "long", {}), triad.Case("d", "short", {}),
+                                triad.Case("d", "shortest", {})))
+    results = {("long", "d"): [{"nmi": 0.90, "ms_per_step": 30.0}, {"nmi": 0.92, "ms_per_step": 32.0}],
+               ("short", "d"): [{"nmi": 0.905, "ms_per_step": 10.0}, {"nmi": 0.905, "ms_per_step": 10.0}],
+               ("shortest", "d"): [{"nmi": 0.80, "ms_per_step": 5.0}, {"nmi": 0.80, "ms_per_step": 5.0}]}
+    line = studies.cheapest_within_best(study, results)
+    assert "best mean NMI 0.910 (long, 31.0 ms/step)" in line and "of it: short (NMI 0.905, 10.0 ms/step)" in line
+    assert "of it: long" in studies.cheapest_within_best(study, results, tolerance=0.001)
+
+
+def test_the_studies_cover_the_settings_they_are_asked_about():
+    sgld = {c.method: c.settings for c in studies.STUDIES["sgld"].cases if c.group == "digits"}
+    steps = {s.get("sgld_steps", 20) for s in sgld.values() if s.get("gen_weight", 1) and "reinit_prob" not in s}
+    assert steps == {0, 1, 5, 10, 20, 40}
+    assert {s.get("sgld_samples", 64) for s in sgld.values() if s.get("gen_weight", 1)} == {16, 64, 256}
+    assert {s["reinit_prob"] for s in sgld.values() if "reinit_prob" in s} == {1.0}
+    clusters = studies.STUDIES["clusters"]
+    assert {g for g in clusters.groups if g.startswith("blobs")} == {f"blobs{k}" for k in MANY_BLOBS}
+    assert {c.settings["clusters"] for c in clusters.cases if c.group.startswith("digits")} == {10, 20, 50}
+    collapse = studies.STUDIES["collapse"]
+    for group in collapse.groups:
+        settings = {c.method: c.settings for c in collapse.cases if c.group == group}
+        assert settings["without gen, views 1/10"]["view_noise"] == pytest.approx(load_dataset(group).view_noise / 10)
+        assert settings["without gen"]["energy_reg"] == 0 and settings["without gen, energy_reg kept"]["gen_weight"] == 0
+        assert "energy_reg" not in settings["without gen, energy_reg kept"]
+    for study in studies.STUDIES.values():  # every case is a valid config
+        for case in study.cases:
+            TrainConfig().with_settings(**case.settings)
