@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import os
 import pathlib
 import platform
@@ -21,7 +20,13 @@ from gedi_fast.plots import plot_ood, plot_run
 from gedi_fast.presets import CHOICES as PRESET_CHOICES
 from gedi_fast.presets import preset_settings
 from gedi_fast.studies import STUDIES
-from gedi_fast.trainer import CHECKPOINT_NAME, RESUME_CHANGEABLE, GEDITrainer, TrainConfig, TrainingStopped
+from gedi_fast.trainer import (
+    CHECKPOINT_NAME,
+    RESUME_CHANGEABLE,
+    GEDITrainer,
+    TrainConfig,
+    TrainingStopped,
+)
 
 SUMMARY_KEYS = ("nmi", "ari", "acc", "largest_cluster_share", "usage_entropy", "view_agreement", "steps")
 
@@ -183,7 +188,7 @@ def study_command(args: argparse.Namespace) -> int:
     runs = pathlib.Path(args.out or f"runs/study_{args.name}")
     started = time.perf_counter()
     results = triad.run_cases(list(study.cases), range(seeds), args.steps, runs, base, jobs=args.jobs,
-                              train=study.trainer())
+                              train=study.train)
     minutes = (time.perf_counter() - started) / 60
     studies.save_results(results, runs / "results.json")
     report_path = pathlib.Path(args.report or f"docs/studies/{args.name}.md")
@@ -192,8 +197,7 @@ def study_command(args: argparse.Namespace) -> int:
         body += "\n\n" + study.summary(study, results)
     report = _write_report(args, str(report_path), f"Study: {args.name}", minutes, body, study.question)
     if study.figures is not None:  # the table is written first: a failing plot loses no run
-        draw = getattr(importlib.import_module("gedi_fast.study_plots"), study.figures)
-        pictures = draw(study, results, runs, report_path.parent / args.name)
+        pictures = study.figures(study, results, runs, report_path.parent / args.name)
         body += "\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in pictures)
         report = _write_report(args, str(report_path), f"Study: {args.name}", minutes, body, study.question)
     print(body)

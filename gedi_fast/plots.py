@@ -50,7 +50,7 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
         ax.set_xlabel("class")
         ax.set_ylabel("cluster")
         ax.set_title("classes vs clusters (test)")
-    written.append(_save(fig, folder / "assignments.png"))
+    written.append(save_figure(fig, folder / "assignments.png"))
 
     if dataset.kind == "image":
         written += _image_grids(trainer, predicted, folder)
@@ -67,7 +67,7 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
         else:
             ax.hist(samples.reshape(-1).numpy(), bins=50)
         ax.set_title("SGLD samples")
-        written.append(_save(fig, folder / "samples.png"))
+        written.append(save_figure(fig, folder / "samples.png"))
 
     records = [h for h in trainer.history if "event" not in h]  # events (rollbacks) carry no terms
     if records:
@@ -82,7 +82,7 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
         ax.set_xlabel("step")
         ax.legend(loc="best")
         ax.set_title("loss terms")
-        written.append(_save(fig, folder / "terms.png"))
+        written.append(save_figure(fig, folder / "terms.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(range(trainer.clusters), torch.bincount(predicted, minlength=trainer.clusters).numpy())
@@ -90,7 +90,7 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
     ax.set_xlabel("cluster")
     ax.set_ylabel("test points")
     ax.set_title("cluster sizes")
-    written.append(_save(fig, folder / "cluster_sizes.png"))
+    written.append(save_figure(fig, folder / "cluster_sizes.png"))
     return written
 
 
@@ -120,7 +120,7 @@ def _image_grids(trainer, predicted: torch.Tensor, folder: pathlib.Path) -> list
         ax.set_xticks([])
         ax.set_ylabel("cluster (images in it)")
         ax.set_title(title)
-        written.append(_save(fig, folder / name))
+        written.append(save_figure(fig, folder / name))
     return written
 
 
@@ -151,7 +151,7 @@ def plot_ood(report: dict, scores: dict[str, torch.Tensor], path: pathlib.Path) 
         ax.set_ylabel("density")
         ax.set_title(f"AUROC {report[auroc]:.3f}")
         ax.legend(loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _term_axis(axis, largest: float) -> None:
@@ -185,7 +185,7 @@ def _image_grid(samples: torch.Tensor, dataset) -> np.ndarray:
     return torch.cat(rows, 0).numpy()
 
 
-def _save(fig, path: pathlib.Path) -> pathlib.Path:
+def save_figure(fig, path: pathlib.Path) -> pathlib.Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -14,8 +14,12 @@ import pathlib
 import statistics
 from typing import Callable
 
+from gedi_fast import image_study, study_plots
+from gedi_fast.config import TrainConfig
 from gedi_fast.data import MANY_BLOBS
-from gedi_fast.triad import Case, cases, mean_std
+from gedi_fast.presets import PRESETS
+from gedi_fast.probes import train_with_probes
+from gedi_fast.triad import VARIANTS, Case, cases, mean_std, train_one
 
 # Results as triad.run_cases gives them: {(method, group): [scores per seed]}.
 Results = dict[tuple[str, str], list[dict]]
@@ -37,10 +41,10 @@ class Study:
     question: str
     cases: tuple[Case, ...]
     seeds: int = 3
-    train: str = "train_one"  # a module-level function of this module or triad's: (config, folder, threads)
+    train: Callable[..., dict] = train_one  # (config, folder, threads) -> scores; module-level, for --jobs
     columns: tuple[Column, ...] = ()
     summary: Callable[[Study, Results], str] | None = None  # Markdown lines under the table
-    figures: str | None = None  # a function of gedi_fast.study_plots: (study, results, runs, stem) -> paths
+    figures: Callable[..., list[pathlib.Path]] | None = None  # (study, results, runs, stem) -> PNGs written
 
     @property
     def groups(self) -> list[str]:
@@ -49,21 +53,12 @@ class Study:
     def methods(self, group: str) -> list[str]:
         return [case.method for case in self.cases if case.group == group]
 
-    def trainer(self) -> Callable:
-        """The function that trains one run of this study."""
-        from gedi_fast import probes, triad
 
-        return {"train_one": triad.train_one, "train_scoring_ood": train_scoring_ood,
-                "train_with_probes": probes.train_with_probes}[self.train]
-
-
-def train_scoring_ood(config, folder: pathlib.Path, threads: int | None = None) -> dict[str, float]:
-    """triad.train_one, then (for a dataset with a VECTOR_OOD_PARTNERS entry) the energy and
+def train_scoring_ood(config: TrainConfig, folder: pathlib.Path, threads: int | None = None) -> dict[str, float]:
+    """train_one, then (for a dataset with a VECTOR_OOD_PARTNERS entry) the energy and
     max-softmax AUROCs of telling the partner's test split from this one's, as `gedi-fast eval
     --ood` records them; ms_per_step is the training wall time per step."""
-    from gedi_fast import image_study, triad
-
-    scores = triad.train_one(config, folder, threads)
+    scores = train_one(config, folder, threads)
     scores["ms_per_step"] = 1000 * scores["train_wall_s"] / config.steps
     partner = VECTOR_OOD_PARTNERS.get(config.dataset)
     if partner is not None:
@@ -90,9 +85,9 @@ def cheapest_within_best(study: Study, results: Results, tolerance: float = 0.01
     return "\n".join(lines)
 
 
-WITHOUT_GEN = {"gen_weight": 0.0, "energy_reg": 0.0}
+WITHOUT_GEN = VARIANTS["without gen"]
 SMALL_BATCH = {"batch_size": 32}
-# (setting, value) per SGLD variant: chain length at 64 samples, samples at 20 steps, chains from noise.
+# Each SGLD variant's settings: the chain's length at 64 samples, samples at 20 steps, chains from noise.
 SGLD_VARIANTS = {
     **{f"{steps} SGLD steps": {"sgld_steps": steps} for steps in (0, 1, 5, 10, 20, 40)},
     **{f"20 steps, {samples} samples": {"sgld_samples": samples} for samples in (16, 256)},
@@ -143,28 +138,30 @@ STUDIES: dict[str, Study] = {
     "collapse": Study(
         "Why does GEDI avoid representational collapse without the generative term, and is there a setting "
         "where removing it does collapse?",
-        _collapse_cases(("moons", "digits")),
-        train="train_with_probes",
+        (*_collapse_cases(("moons", "digits")),
+         *cases(("mnist5k",), {"GEDI (full)": PRESETS["cpu-images"], "without gen": {**PRESETS["cpu-images"], **WITHOUT_GEN}})),
+        train=train_with_probes,
         columns=(Column("feature effective rank", "feature_effective_rank", 1),
+                 Column("feature variance", "feature_variance", 4),
                  Column("lowest effective rank in training", "min_effective_rank", 1),
                  Column("logit spread", "logit_spread", 2),
                  Column("cos(inv, prior) gradients", "cos_inv_prior", 2)),
-        figures="collapse_figures",
+        figures=study_plots.collapse_figures,
     ),
     "clusters": Study(
         "How does GEDI scale with the number of clusters K (true clusters on blobs, over-clustering on digits)?",
         _cluster_cases(),
         columns=(Column("clusters used", "clusters_used", 1),),
-        figures="cluster_figures",
+        figures=study_plots.cluster_figures,
     ),
     "sgld": Study(
         "What do SGLD steps buy (NMI, out-of-distribution AUROC), and at what cost per step?",
         tuple(cases(("moons", "digits"), SGLD_VARIANTS)),
-        train="train_scoring_ood",
+        train=train_scoring_ood,
         columns=(Column("ms/step", "ms_per_step", 1), Column("OOD energy AUROC", "ood_energy_auroc"),
                  Column("OOD max-softmax AUROC", "ood_max_softmax_auroc")),
         summary=cheapest_within_best,
-        figures="sgld_figures",
+        figures=study_plots.sgld_figures,
     ),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -12,8 +13,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from gedi_fast import probes, triad  # noqa: E402
-from gedi_fast.plots import _save  # noqa: E402
-from gedi_fast.studies import Results, Study  # noqa: E402
+from gedi_fast.plots import save_figure  # noqa: E402
+
+if TYPE_CHECKING:
+    from gedi_fast.studies import Results, Study
 
 
 def _clusters(runs: list[dict]) -> int:
@@ -44,16 +47,16 @@ def cluster_figures(study: Study, results: Results, runs: pathlib.Path, stem: pa
         ax.set_title(title)
         ax.set_ylabel("test NMI")
         ax.legend(fontsize=8)
-    for ax in axes:
+    for ax, groups in zip(axes, [*panels.values(), study.groups]):
         ax.set_xscale("log")
-        ticks = sorted({_clusters(runs) for runs in results.values()})
+        ticks = sorted({_clusters(results[(m, g)]) for (m, g) in results if g in groups})
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("K")
     axes[2].set_ylabel("clusters holding a test point / K")
     axes[2].set_title("cluster usage")
     axes[2].legend(fontsize=7)
-    return [_save(fig, stem.with_name(f"{stem.name}_k.png"))]
+    return [save_figure(fig, stem.with_name(f"{stem.name}_k.png"))]
 
 
 def sgld_figures(study: Study, results: Results, runs: pathlib.Path, stem: pathlib.Path) -> list[pathlib.Path]:
@@ -107,12 +110,16 @@ def sgld_figures(study: Study, results: Results, runs: pathlib.Path, stem: pathl
     axes[3].set_ylabel("test NMI")
     axes[3].set_title("NMI against samples")
     axes[3].legend(fontsize=7)
-    return [_save(fig, stem.with_name(f"{stem.name}_steps.png"))]
+    return [save_figure(fig, stem.with_name(f"{stem.name}_steps.png"))]
 
 
-TRACED = ("feature_effective_rank", "logit_spread", "largest_cluster_share", "cos/inv-prior")
-TRACE_TITLES = {"feature_effective_rank": "feature effective rank (test)", "logit_spread": "logit spread, std of z/T",
-                "largest_cluster_share": "largest cluster share (test)", "cos/inv-prior": "cos(inv, prior) gradients"}
+SHOWN_LAYERS = 4  # layers drawn in the per-layer gradient panel
+TRACED = ("feature_effective_rank", "feature_variance", "logit_spread", "largest_cluster_share", "cos/inv-prior")
+TRACE_TITLES = {"feature_effective_rank": "feature effective rank (test)",
+                "feature_variance": "feature variance (test, mean per dimension)",
+                "logit_spread": "logit spread, std of z/T over test rows", "largest_cluster_share": "largest cluster share (test)",
+                "cos/inv-prior": "cos(inv, prior) gradients"}
+LOG_SCALED = ("feature_variance", "logit_spread")
 
 
 def _traces(study: Study, runs: pathlib.Path, group: str, method: str, seeds: int) -> list[list[dict]]:
@@ -127,35 +134,37 @@ def _trace_mean(traces: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndar
 
 
 def collapse_figures(study: Study, results: Results, runs: pathlib.Path, stem: pathlib.Path) -> list[pathlib.Path]:
-    """Per dataset: the probes' traces (mean over seeds) for every variant, and for full GEDI and the
+    """Per group: the probes' traces (mean over seeds) for every method, and for full GEDI and the
     run without gen each weighted term's gradient norm, in all and per layer."""
     written = []
     seeds = max(len(r) for r in results.values())
     for group in study.groups:
-        fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+        fig, axes = plt.subplots(2, 4, figsize=(20, 8))
+        traced = [*axes[0], axes[1][2]]
         for index, method in enumerate(study.methods(group)):
             traces = _traces(study, runs, group, method, seeds)
-            if not traces:
-                continue
-            for ax, key in zip(axes[0], TRACED[:3]):
-                ax.plot(*_trace_mean(traces, key), color=f"C{index}", label=method)
-            axes[1][2].plot(*_trace_mean(traces, TRACED[3]), color=f"C{index}", label=method)
-        for ax, key in zip(axes[0], TRACED[:3]):
+            for ax, key in zip(traced, TRACED):
+                if traces:
+                    ax.plot(*_trace_mean(traces, key), color=f"C{index}", label=method)
+        for ax, key in zip(traced, TRACED):
             ax.set_title(TRACE_TITLES[key])
+            if key in LOG_SCALED:
+                ax.set_yscale("log")
         axes[0][0].legend(fontsize=7)
-        axes[1][2].set_title(TRACE_TITLES[TRACED[3]])
         axes[1][2].axhline(0, color="grey", linewidth=0.5)
-        for column, method, style in ((0, "GEDI (full)", "-"), (0, "without gen", "--")):
+        for method, style in (("GEDI (full)", "-"), ("without gen", "--")):
             traces = _traces(study, runs, group, method, seeds)
             for index, term in enumerate(("gen", "inv", "prior", "energy_reg")):
                 steps, mean = _trace_mean(traces, f"grad/{term}")
                 if not np.isnan(mean).all():
-                    axes[1][column].plot(steps, mean, style, color=f"C{index}", label=f"{term}, {method}")
+                    axes[1][0].plot(steps, mean, style, color=f"C{index}", label=f"{term}, {method}")
         axes[1][0].set_yscale("log")
         axes[1][0].set_title("weighted term's gradient norm (all layers)")
         axes[1][0].legend(fontsize=7)
         traces = _traces(study, runs, group, "without gen", seeds)
         layers = [k.split("/", 2)[2] for k in traces[0][0] if k.startswith("grad/inv/")]
+        if len(layers) > SHOWN_LAYERS:  # a CNN's: the first, two between and the head
+            layers = [layers[round(i * (len(layers) - 1) / (SHOWN_LAYERS - 1))] for i in range(SHOWN_LAYERS)]
         for index, layer in enumerate(layers):
             for term, style in (("inv", "-"), ("prior", "--")):
                 axes[1][1].plot(*_trace_mean(traces, f"grad/{term}/{layer}"), style, color=f"C{index}",
@@ -163,8 +172,15 @@ def collapse_figures(study: Study, results: Results, runs: pathlib.Path, stem: p
         axes[1][1].set_yscale("log")
         axes[1][1].set_title("without gen: gradient norm per layer")
         axes[1][1].legend(fontsize=7)
+        for method, style in (("GEDI (full)", "-"), ("without gen", "--")):  # a failing seed hides in a mean
+            for seed, trace in enumerate(_traces(study, runs, group, method, seeds)):
+                axes[1][3].plot([p["step"] for p in trace], [p["logit_spread"] for p in trace], style, color=f"C{seed}",
+                                label=f"{method}, seed {seed}")
+        axes[1][3].set_yscale("log")
+        axes[1][3].set_title("logit spread per seed")
+        axes[1][3].legend(fontsize=7)
         for ax in axes.flat:
             ax.set_xlabel("training step")
         fig.suptitle(f"{group}: collapse probes, mean over {seeds} seeds")
-        written.append(_save(fig, stem.with_name(f"{stem.name}_{group}.png")))
+        written.append(save_figure(fig, stem.with_name(f"{stem.name}_{group}.png")))
     return written

@@ -74,7 +74,7 @@ def train_one(config: TrainConfig, folder: pathlib.Path, threads: int | None = N
 
 def run_folder(out: str | pathlib.Path, group: str, method: str, seed: int) -> pathlib.Path:
     """Where run_cases() trains `method` of `group` with `seed`."""
-    name = lambda text: "_".join(text.replace(",", "").replace("=", "").split())  # noqa: E731
+    name = lambda text: "_".join(text.replace(",", "").replace("=", "").replace("/", " ").split())  # noqa: E731
     return pathlib.Path(out) / name(group) / name(method) / f"seed{seed}"
 
 

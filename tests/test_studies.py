@@ -9,6 +9,7 @@ import pytest
 from gedi_fast import studies, triad
 from gedi_fast.cli import main
 from gedi_fast.data import MANY_BLOBS, load_dataset
+from gedi_fast.presets import PRESETS
 from gedi_fast.trainer import TrainConfig
 
 FAST = ["--set", "batch_size=32", "--set", "hidden=32", "--set", "sgld_steps=2", "--set", "buffer_size=64",
@@ -85,7 +86,11 @@ def test_the_studies_cover_the_settings_they_are_asked_about():
     assert {g for g in clusters.groups if g.startswith("blobs")} == {f"blobs{k}" for k in MANY_BLOBS}
     assert {c.settings["clusters"] for c in clusters.cases if c.group.startswith("digits")} == {10, 20, 50}
     collapse = studies.STUDIES["collapse"]
-    for group in collapse.groups:
+    assert collapse.groups == ["moons", "digits", "mnist5k"]
+    images = {c.method: c.settings for c in collapse.cases if c.group == "mnist5k"}
+    assert set(images) == {"GEDI (full)", "without gen"} and images["without gen"]["gen_weight"] == 0
+    assert all(settings.items() >= PRESETS["cpu-images"].items() for settings in images.values())
+    for group in ("moons", "digits"):
         settings = {c.method: c.settings for c in collapse.cases if c.group == group}
         assert settings["without gen, views 1/10"]["view_noise"] == pytest.approx(load_dataset(group).view_noise / 10)
         assert settings["without gen"]["energy_reg"] == 0 and settings["without gen, energy_reg kept"]["gen_weight"] == 0
