@@ -270,7 +270,8 @@ def parser() -> argparse.ArgumentParser:
                        help=f"a TrainConfig setting for every run, one of: {', '.join(SETTINGS)}")
     triad.set_defaults(handler=triad_command)
     study = commands.add_parser("study", help="a study beyond the paper (" + ", ".join(
-        f"{name}: {s.question}" for name, s in STUDIES.items()) + "); a Markdown table")
+        f"{name}: {s.question}" for name, s in STUDIES.items()) + "); a Markdown table, its figures beside it and "
+        "results.json (every run's scores) under --out")
     study.add_argument("name", choices=sorted(STUDIES))
     study.add_argument("--seeds", type=int, help="seeds per variant (default: the study's, 3)")
     study.add_argument("--steps", type=int, help="training steps per run (default: TrainConfig.steps)")

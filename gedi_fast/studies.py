@@ -38,6 +38,9 @@ class Column:
 
 @dataclasses.dataclass(frozen=True)
 class Study:
+    """A question and the runs that answer it; `gedi-fast study NAME` trains `cases` x `seeds` with
+    `train` and reports the table (with `columns`), the `summary` lines and the `figures`."""
+
     question: str
     cases: tuple[Case, ...]
     seeds: int = 3
@@ -172,6 +175,7 @@ def save_results(results: Results, path: pathlib.Path) -> None:
 
 
 def load_results(path: pathlib.Path) -> Results:
+    """What save_results wrote, keyed again by (method, group)."""
     return {(entry["method"], entry["group"]): entry["runs"] for entry in json.loads(pathlib.Path(path).read_text())}
 
 

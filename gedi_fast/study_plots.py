@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from gedi_fast import probes, triad  # noqa: E402
+from gedi_fast.config import TrainConfig  # noqa: E402
 from gedi_fast.plots import save_figure  # noqa: E402
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def sgld_figures(study: Study, results: Results, runs: pathlib.Path, stem: pathl
     length = {m: s["sgld_steps"] for m, s in settings.items() if "sgld_steps" in s and "reinit_prob" not in s}
     from_noise = {m: s["sgld_steps"] for m, s in settings.items() if "reinit_prob" in s}
     samples = {m: s["sgld_samples"] for m, s in settings.items() if "sgld_samples" in s}
-    samples |= {m: 64 for m, steps in length.items() if steps == 20}
+    samples |= {m: TrainConfig().sgld_samples for m, steps in length.items() if steps == 20}
     for index, group in enumerate(study.groups):
         color = f"C{index}"
 
