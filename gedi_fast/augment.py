@@ -49,6 +49,20 @@ def augment_images(x: torch.Tensor, generator: torch.Generator, pad: int = 4, no
     return out.clamp(-1.0, 1.0)
 
 
+def grey_dilation3(x: torch.Tensor) -> torch.Tensor:
+    """The max over each pixel's 3 x 3 neighbourhood (N x C x H x W), exactly F.max_pool2d(x, 3, 1, 1):
+    nine maxima of shifted views, several times faster on small images, where max_pool2d also
+    computes the indices of its maxima."""
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    out = padded[..., 1:1 + height, 1:1 + width]
+    for row in range(3):
+        for col in range(3):
+            if (row, col) != (1, 1):
+                out = torch.maximum(out, padded[..., row:row + height, col:col + width])
+    return out
+
+
 def affine_images(x: torch.Tensor, generator: torch.Generator, degrees: float = 15.0, scale: float = 0.1,
                   shift: float = 0.1, noise: float = 0.02, stroke: float = 0.5) -> torch.Tensor:
     """Per image: with probability `stroke` a thicker or a thinner stroke (a 3 x 3 grey dilation or
@@ -58,7 +72,7 @@ def affine_images(x: torch.Tensor, generator: torch.Generator, degrees: float = 
     n = len(x)
     uniform = lambda: 2 * torch.rand(n, generator=generator, device=x.device, dtype=x.dtype) - 1  # noqa: E731
     pick = uniform()[:, None, None, None]
-    thicker, thinner = F.max_pool2d(x, 3, 1, 1), -F.max_pool2d(-x, 3, 1, 1)
+    thicker, thinner = grey_dilation3(x), -grey_dilation3(-x)
     x = torch.where(pick > 1 - stroke, thicker, torch.where(pick < stroke - 1, thinner, x))
     angle = uniform() * (degrees * torch.pi / 180)
     zoom = 1 + uniform() * scale

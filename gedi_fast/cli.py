@@ -31,7 +31,7 @@ from gedi_fast.trainer import (
 SUMMARY_KEYS = ("nmi", "ari", "acc", "largest_cluster_share", "usage_entropy", "view_agreement", "steps")
 
 
-def _overrides(pairs: list[str]) -> dict:
+def parse_settings(pairs: list[str]) -> dict:
     """--set key=value pairs, typed like the TrainConfig setting they name ("none" clears an optional one)."""
     fields = setting_types()
     result = {}
@@ -76,7 +76,7 @@ def _resume_changes(args: argparse.Namespace, config: TrainConfig) -> dict:
         if given is not None and given != saved:
             raise ValueError(f"{flag} {given} differs from the resumed run's {saved}; a resumed run keeps it "
                              f"(start a new run in another --out)")
-    changes = {key: value for key, value in _overrides(args.set).items()
+    changes = {key: value for key, value in parse_settings(args.set).items()
                if key in RESUME_CHANGEABLE or value != config.setting(key)}
     if args.steps is not None:
         changes["steps"] = args.steps
@@ -101,7 +101,7 @@ def train(args: argparse.Namespace) -> int:
         options = dict(dataset=args.dataset or "moons", seed=args.seed or 0, device=args.device or "cpu",
                        data_root=args.data_root)
         options |= preset_settings(args.preset, DATASET_KINDS[options["dataset"]], options["device"])
-        options |= _overrides(args.set)
+        options |= parse_settings(args.set)
         if args.steps is not None:
             options["steps"] = args.steps
         config = TrainConfig.from_settings(**options)
@@ -168,7 +168,7 @@ def _write_report(args: argparse.Namespace, path: str, title: str, minutes: floa
 def triad_command(args: argparse.Namespace) -> int:
     from gedi_fast import triad
 
-    base = TrainConfig.from_settings(**_overrides(args.set))
+    base = TrainConfig.from_settings(**parse_settings(args.set))
     started = time.perf_counter()
     results = triad.run(args.datasets, range(args.seeds), args.steps, args.out, base, jobs=args.jobs)
     minutes = (time.perf_counter() - started) / 60
@@ -184,7 +184,7 @@ def study_command(args: argparse.Namespace) -> int:
 
     study = STUDIES[args.name]
     seeds = study.seeds if args.seeds is None else args.seeds
-    base = TrainConfig.from_settings(**_overrides(args.set))
+    base = TrainConfig.from_settings(**parse_settings(args.set))
     runs = pathlib.Path(args.out or f"runs/study_{args.name}")
     started = time.perf_counter()
     results = triad.run_cases(list(study.cases), range(seeds), args.steps, runs, base, jobs=args.jobs,
@@ -208,7 +208,7 @@ def study_command(args: argparse.Namespace) -> int:
 def images_command(args: argparse.Namespace) -> int:
     from gedi_fast import image_study
 
-    settings = preset_settings(args.preset, "image", args.device) | _overrides(args.set)
+    settings = preset_settings(args.preset, "image", args.device) | parse_settings(args.set)
     base = TrainConfig.from_settings(**settings | {"device": args.device, "data_root": args.data_root})
     started = time.perf_counter()
     results, ood = image_study.run(range(args.seeds), args.out, base, args.jobs, args.datasets)

@@ -18,15 +18,18 @@ from gedi_fast.sampler import SGLDConfig
 from gedi_fast.validation import require_bool, require_choice, require_int, require_real
 
 AUGMENTATIONS = ("jitter", "rotation", "image", "affine")
+PRECISIONS = ("auto", "fp32", "bf16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 # Each flat setting name of the SGLD chain and the SGLDConfig field it sets.
 SGLD_SETTINGS = {"sgld_steps": "steps", "sgld_step_size": "step_size", "sgld_noise": "noise_std",
                  "buffer_size": "buffer_size", "reinit_prob": "reinit_prob"}
 # The chain settings measured in docs/RESULTS.md; step size and noise are left to the dataset.
 DEFAULT_SGLD = {"steps": 20, "buffer_size": 10_000, "reinit_prob": 0.05}
-# Which config fields a resumed run may change: how long it trains and how it logs and checkpoints,
+# Which config fields a resumed run may change: how long it trains, how it logs and checkpoints, and
+# where and in which arithmetic it runs (a run moved to a machine without native bf16 goes on in fp32),
 # never what it computes.
 RESUME_CHANGEABLE = ("steps", "log_every", "checkpoint_every", "max_retries", "max_energy", "device", "compile_step",
-                     "collective_timeout")
+                     "collective_timeout", "precision", "memory_format")
 _SGLD_FIELDS = {f.name: f.type for f in dataclasses.fields(SGLDConfig)}
 
 
@@ -49,10 +52,14 @@ class TrainConfig:
     |E| > `max_energy`, rolls back to the last good state; more than `max_retries` rollbacks before the
     run gets past the step that diverged stop it with FloatingPointError.
 
-    Speed on CUDA: `cuda_graph` replays the SGLD chain as one CUDA graph (same samples as eager), `tf32`
-    runs the model's matmuls and convolutions in TF32 (GEDILoss has none: its internals stay fp32),
-    `compile_step` compiles the training forward and loss with CUDA graphs (not under DDP). The hot
-    loop has no host sync: values are read only at log and checkpoint steps.
+    Speed: `precision` "auto" autocasts image models to bf16 where the device multiplies in bf16 natively
+    (CUDA, a CPU with AMX or AVX512-BF16) and keeps fp32 elsewhere; `memory_format` "auto" lays CNN
+    weights and activations out channels_last (gedi_fast.precision says why). SGLD samples, the replay
+    buffer and GEDILoss's internals stay fp32 in every case. On CUDA: `cuda_graph` replays the SGLD
+    chain as one CUDA graph (same samples as eager), `tf32` runs the model's matmuls and convolutions
+    in TF32 (GEDILoss has none: its internals stay fp32), `compile_step` compiles the training forward
+    and loss with CUDA graphs (not under DDP). The hot loop has no host sync: values are read only at
+    log and checkpoint steps.
     """
 
     dataset: str = "moons"
@@ -62,7 +69,8 @@ class TrainConfig:
     clusters: int = 0  # 0: the dataset's number of classes
     seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"  # "bf16": autocast the model; the loss internals stay fp32
+    precision: str = "auto"  # "fp32" | "bf16" (autocast the model; the loss internals stay fp32) | "auto"
+    memory_format: str = "auto"  # "channels_last" | "contiguous" | "auto" (channels_last for CNNs)
     lr: float = 1e-3
     hidden: int = 256  # the MLP's width (vector data)
     width: int = 32  # the CNN's first-stage channels (image data)
@@ -110,7 +118,8 @@ class TrainConfig:
         for name in ("gen_weight", "inv_weight", "prior_weight"):
             require_real(getattr(self, name), name)
         require_choice(self.assignment, "assignment", ASSIGNMENTS)
-        require_choice(self.precision, "precision", ("fp32", "bf16"))
+        require_choice(self.precision, "precision", PRECISIONS)
+        require_choice(self.memory_format, "memory_format", MEMORY_FORMATS)
         require_real(self.max_energy, "max_energy", positive=True)
         require_real(self.collective_timeout, "collective_timeout", positive=True)
         require_int(self.max_retries, "max_retries", minimum=0)

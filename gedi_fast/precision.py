@@ -1,4 +1,9 @@
-"""TF32 for the training step: one switch, set and restored through torch's global precision API.
+"""How the training step computes: which devices run bf16 natively, and TF32 as one switch set and
+restored through torch's global precision API.
+
+bf16 pays only where the hardware multiplies in it: on a CPU with AMX or AVX512-BF16 a bf16 CNN step
+is about 2.6x faster than fp32; on a CPU without them oneDNN emulates bf16 and the same step is about
+14x slower (docs/RESULTS.md, "Image training at the CPU's own speed"). So "auto" asks the hardware.
 
 torch keeps two precision APIs that refuse to be mixed: after the per-backend `fp32_precision`
 strings have been set, the global getters (`get_float32_matmul_precision`, `allow_tf32`, which
@@ -15,6 +20,37 @@ import warnings
 from collections.abc import Iterator
 
 import torch
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies in bf16 (AMX tiles or AVX512-BF16), as torch's CPU query reports it."""
+    queries = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(query is not None and query() for query in queries)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bf16 faster than fp32: a CUDA device with bf16 support, a CPU with native bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def resolve_precision(requested: str, device: torch.device, images: bool) -> str:
+    """The precision a run computes in: `requested` unless it is "auto", which means bf16 for image
+    models on a device with native bf16 (native_bf16) and fp32 everywhere else (the small MLPs of
+    vector data gain nothing, and their results are measured in fp32)."""
+    if requested != "auto":
+        return requested
+    return "bf16" if images and native_bf16(device) else "fp32"
+
+
+def resolve_memory_format(requested: str, images: bool) -> torch.memory_format:
+    """The layout of a CNN's weights and activations: channels_last for image models under "auto"
+    (oneDNN's and cuDNN's fast convolutions work in it: 1.3-1.6x on this project's CPUs, fp32 and bf16
+    alike), contiguous for vector models, where it has no meaning."""
+    if requested == "auto":
+        requested = "channels_last" if images else "contiguous"
+    return torch.channels_last if requested == "channels_last" else torch.contiguous_format
 
 
 def _global_state() -> tuple[str, bool] | None:

@@ -57,12 +57,19 @@ class Study:
         return [case.method for case in self.cases if case.group == group]
 
 
-def train_scoring_ood(config: TrainConfig, folder: pathlib.Path, threads: int | None = None) -> dict[str, float]:
-    """train_one, then (for a dataset with a VECTOR_OOD_PARTNERS entry) the energy and
-    max-softmax AUROCs of telling the partner's test split from this one's, as `gedi-fast eval
-    --ood` records them; ms_per_step is the training wall time per step."""
+def train_timed(config: TrainConfig, folder: pathlib.Path, threads: int | None = None) -> dict:
+    """train_one, plus ms_per_step (the training wall time per step) and what the run's precision and
+    memory format resolved to on this machine (metrics.json's ran_with)."""
     scores = train_one(config, folder, threads)
-    scores["ms_per_step"] = 1000 * scores["train_wall_s"] / config.steps
+    ran_with = json.loads((folder / "metrics.json").read_text())["ran_with"]
+    return {**scores, "ms_per_step": 1000 * scores["train_wall_s"] / config.steps, **ran_with}
+
+
+def train_scoring_ood(config: TrainConfig, folder: pathlib.Path, threads: int | None = None) -> dict:
+    """train_timed, then (for a dataset with a VECTOR_OOD_PARTNERS entry) the energy and
+    max-softmax AUROCs of telling the partner's test split from this one's, as `gedi-fast eval
+    --ood` records them."""
+    scores = train_timed(config, folder, threads)
     partner = VECTOR_OOD_PARTNERS.get(config.dataset)
     if partner is not None:
         report = image_study.ood_of_run(folder, partner)
@@ -88,7 +95,33 @@ def cheapest_within_best(study: Study, results: Results, tolerance: float = 0.01
     return "\n".join(lines)
 
 
+def runs_side_by_side(study: Study, results: Results) -> str:
+    """Per group: every seed's NMI, ACC and wall time under each method, what the method ran with, and
+    the change of the median NMI from the group's first method (the one compared against)."""
+    lines = []
+    for group in study.groups:
+        methods = [m for m in study.methods(group) if results.get((m, group))]
+        if not methods:
+            continue
+        first = statistics.median(r["nmi"] for r in results[(methods[0], group)])
+        lines.append(f"\n{group}:\n\n| method | ran with | seed | NMI | ACC | train wall | ms/step |\n|---|---|---|---|---|---|---|")
+        for method in methods:
+            runs = results[(method, group)]  # in seed order
+            for seed, r in enumerate(runs):
+                lines.append(f"| {method} | {r.get('precision', '?')}, {r.get('memory_format', '?')} | {seed} | "
+                             f"{r['nmi']:.3f} | {r['acc']:.3f} | {r['train_wall_s'] / 60:.1f} min | {r['ms_per_step']:.0f} |")
+            median = statistics.median(r["nmi"] for r in runs)
+            lines.append(f"| {method}: median | | | {median:.3f} ({median - first:+.3f}) | "
+                         f"{statistics.median(r['acc'] for r in runs):.3f} | | |")
+    return "\n".join(lines)
+
+
 WITHOUT_GEN = VARIANTS["without gen"]
+# The cpu-images step as it ran before "auto" (fp32, contiguous) against what "auto" picks on the machine at hand.
+PRECISION_VARIANTS = {
+    "fp32, contiguous": {**PRESETS["cpu-images"], "precision": "fp32", "memory_format": "contiguous"},
+    "auto (this machine's fast path)": dict(PRESETS["cpu-images"]),
+}
 SMALL_BATCH = {"batch_size": 32}
 # Each SGLD variant's settings: the chain's length at 64 samples, samples at 20 steps, chains from noise.
 SGLD_VARIANTS = {
@@ -156,6 +189,13 @@ STUDIES: dict[str, Study] = {
         _cluster_cases(),
         columns=(Column("clusters used", "clusters_used", 1),),
         figures=study_plots.cluster_figures,
+    ),
+    "precision": Study(
+        "Does the fast path (precision and memory_format 'auto') learn what fp32 learns, and how much sooner?",
+        tuple(cases(("mnist5k", "fashion-mnist"), PRECISION_VARIANTS)),
+        train=train_timed,
+        columns=(Column("ms/step", "ms_per_step", 0),),
+        summary=runs_side_by_side,
     ),
     "sgld": Study(
         "What do SGLD steps buy (NMI, out-of-distribution AUROC), and at what cost per step?",

@@ -19,6 +19,7 @@ import time
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from gedi_fast import checkpoint, launch, metrics
@@ -27,7 +28,7 @@ from gedi_fast.config import RESUME_CHANGEABLE, SETTINGS, TrainConfig
 from gedi_fast.data import Dataset, load_dataset
 from gedi_fast.loss import GEDILoss
 from gedi_fast.models import build_model
-from gedi_fast.precision import tf32_switches
+from gedi_fast.precision import resolve_memory_format, resolve_precision, tf32_switches
 from gedi_fast.queue import LogitQueue
 from gedi_fast.rollback import RESEED_STRIDE, Recovery
 from gedi_fast.sampler import SGLDSampler
@@ -38,6 +39,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 LOGGED_TERMS = ("gen", "inv", "prior", "energy_reg")
+# The parts of a training step as torch.profiler labels them (benchmarks/profile_step.py reads them).
+STEP_PHASES = ("step:views", "step:sgld_chain", "step:forward_loss", "step:backward", "step:optimiser")
 # What gloo and NCCL say when a peer is gone or a collective ran past the process group's timeout.
 COLLECTIVE_FAILURES = ("Timed out", "timed out", "Connection closed by peer", "Connection reset by peer", "NCCL")
 
@@ -71,10 +74,16 @@ class GEDITrainer:
         self.rollbacks = 0
         self.dataset = dataset if dataset is not None else load_dataset(config.dataset, config.data_root, config.seed)
         self.clusters = config.clusters or self.dataset.num_classes
+        images = self.dataset.kind == "image"
+        # What "auto" means on this device, decided once: the arithmetic and layout this run computes in.
+        self.precision = resolve_precision(config.precision, self.device, images)
+        self.memory_format = resolve_memory_format(config.memory_format, images)
         torch.manual_seed(config.seed)
         self.model = build_model(self.dataset.input_shape, self.clusters, config.hidden, config.width,
-                                 config.stem_stride).to(self.device)
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+                                 config.stem_stride).to(self.device, memory_format=self.memory_format)
+        # foreach: one multi-tensor update instead of a loop over parameters (CUDA's default already),
+        # bit-identical to the loop and about twice as fast on the CPU (docs/RESULTS.md).
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr, foreach=True)
         self.loss_fn = GEDILoss(config.temperature, config.gen_weight, config.inv_weight, config.prior_weight,
                                 config.assignment, sinkhorn_eps=config.sinkhorn_eps,
                                 sinkhorn_iters=config.sinkhorn_iters, energy_reg=config.energy_reg,
@@ -117,8 +126,9 @@ class GEDITrainer:
         return augment(x, self.view_noise, generator), augment(x, self.view_noise, generator)
 
     def autocast(self) -> torch.autocast:
-        """bf16 autocast of the model when asked for; GEDILoss upcasts the logits, so its internals stay fp32."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+        """bf16 autocast of the model when the run computes in bf16; GEDILoss upcasts the logits, so its
+        internals stay fp32, and the SGLD chain's input gradient comes back fp32 for fp32 samples."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def tf32(self) -> contextlib.AbstractContextManager:
         """On CUDA: TF32 matmuls and convolutions inside when config.tf32, else strict fp32. Elsewhere a no-op."""
@@ -139,19 +149,23 @@ class GEDITrainer:
             raise RuntimeError(f"rank {self.rank}: this trainer left the process group (leave_process_group); "
                                f"it can evaluate but no longer train")
         rows = self.config.batch_size
-        indices = torch.randint(0, len(self.train_x), (self.world_size * rows,), generator=self.generator,
-                                device=self.device)
-        mine = slice(self.rank * rows, (self.rank + 1) * rows)
-        view1, view2 = (view[mine] for view in self.views(self.train_x[indices], self.generator))
-        with self.autocast():
+        with record_function(STEP_PHASES[0]):
+            indices = torch.randint(0, len(self.train_x), (self.world_size * rows,), generator=self.generator,
+                                    device=self.device)
+            mine = slice(self.rank * rows, (self.rank + 1) * rows)
+            view1, view2 = (view[mine] for view in self.views(self.train_x[indices], self.generator))
+        with record_function(STEP_PHASES[1]), self.autocast():
             samples = self.sampler.sample(self.model, self.config.sgld_samples) if self.sampler is not None else None
         self.model.train()
         if self.config.compile_step:
             torch.compiler.cudagraph_mark_step_begin()
-        loss, terms = (self._compiled_forward_loss or self._forward_loss)(view1, view2, samples)
-        self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimiser.step()
+        with record_function(STEP_PHASES[2]):
+            loss, terms = (self._compiled_forward_loss or self._forward_loss)(view1, view2, samples)
+        with record_function(STEP_PHASES[3]):
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function(STEP_PHASES[4]):
+            self.optimiser.step()
         self.step += 1
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
@@ -396,9 +410,12 @@ class GEDITrainer:
 
     def write_metrics(self, scores: dict[str, float], wall_s: float | None = None) -> pathlib.Path:
         """metrics.json: held-out scores, the latest training throughput (samples/s, global batch),
-        the wall time of this process's training (wall_s, when given) and the config."""
+        the wall time of this process's training (wall_s, when given), the config and what its "auto"
+        settings resolved to on this machine (`ran_with`)."""
         logged = [h for h in self.history if "samples_per_s" in h]
         speed = {"samples_per_s": logged[-1]["samples_per_s"] if logged else None, "train_wall_s": wall_s}
+        ran_with = {"precision": self.precision, "memory_format": str(self.memory_format).removeprefix("torch.")}
         path = self.out / "metrics.json"
-        path.write_text(json.dumps({**scores, **speed, "config": dataclasses.asdict(self.config)}, indent=2))
+        path.write_text(json.dumps({**scores, **speed, "config": dataclasses.asdict(self.config), "ran_with": ran_with},
+                                   indent=2))
         return path

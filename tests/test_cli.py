@@ -110,9 +110,9 @@ def test_a_run_without_a_terminal_logs_while_it_trains(tmp_path):
 
 
 def test_set_types_optional_fields_and_clears_them():
-    from gedi_fast.cli import _overrides
+    from gedi_fast.cli import parse_settings
 
-    assert _overrides(["view_noise=0.25", "sgld_step_size=none", "augmentation=jitter", "steps=7"]) == {
+    assert parse_settings(["view_noise=0.25", "sgld_step_size=none", "augmentation=jitter", "steps=7"]) == {
         "view_noise": 0.25, "sgld_step_size": None, "augmentation": "jitter", "steps": 7}
 
 
@@ -174,8 +174,8 @@ def test_triad_scores_do_not_depend_on_parallel_jobs(tmp_path):
 
 
 def test_set_takes_booleans():
-    from gedi_fast.cli import _overrides
+    from gedi_fast.cli import parse_settings
 
-    assert _overrides(["tf32=false", "cuda_graph=True"]) == {"tf32": False, "cuda_graph": True}
+    assert parse_settings(["tf32=false", "cuda_graph=True"]) == {"tf32": False, "cuda_graph": True}
     with pytest.raises(ValueError, match="--set tf32 expects true or false, got '1'"):
-        _overrides(["tf32=1"])
+        parse_settings(["tf32=1"])

@@ -132,6 +132,20 @@ def test_graphed_training_steps_equal_eager_steps(tmp_path, precision):
     close(graphed.sampler.buffer, eager.sampler.buffer, tol=1e-4)
 
 
+def test_image_fast_path_on_cuda_resolves_to_bf16_channels_last_and_graphs_like_eager(tmp_path):
+    from tests.test_fast_path import SMALL as IMAGES, tiny_images
+
+    settings = dict(IMAGES, device="cuda", tf32=False)
+    eager = GEDITrainer(TrainConfig(**settings, cuda_graph=False), tmp_path / "e", tiny_images())
+    graphed = GEDITrainer(TrainConfig(**settings), tmp_path / "g", tiny_images())
+    assert (graphed.precision, graphed.memory_format) == ("bf16", torch.channels_last)
+    assert graphed.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for _ in range(3):
+        close(graphed.train_step()["loss"], eager.train_step()["loss"], tol=1e-3)
+    assert graphed.sampler.graphed and graphed.sampler.buffer.dtype == torch.float32
+    close(graphed.sampler.buffer, eager.sampler.buffer, tol=1e-3)
+
+
 def test_compiled_step_equals_eager_step(tmp_path):
     eager = GEDITrainer(TrainConfig(**SMALL), tmp_path / "e")
     compiled = GEDITrainer(TrainConfig(**SMALL, compile_step=True), tmp_path / "c")

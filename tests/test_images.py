@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from gedi_fast import image_study, ood, plots, reference
-from gedi_fast.augment import affine_images
+from gedi_fast.augment import affine_images, grey_dilation3
 from gedi_fast.cli import main
 from gedi_fast.data import DATASET_KINDS, LOADERS, Dataset
 from gedi_fast.models import SmallResNet, build_model
@@ -80,6 +80,14 @@ def test_affine_views_replay_stay_in_range_and_never_mirror(gen):
     blank[:, :, 10:18, 10:18] = 1.0
     moved = affine_images(blank, torch.Generator().manual_seed(1), degrees=30, shift=0.2, noise=0)
     assert moved[:, :, 0, :].max() == -1 and moved[:, :, :, 0].max() == -1
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 5, 7), (1, 1, 1, 1), (4, 1, 28, 28), (2, 3, 2, 9)])
+def test_grey_dilation_is_max_pool_exactly(gen, shape):
+    x = torch.randn(shape, generator=gen) * 1e3
+    x.view(-1)[::3] = x.view(-1)[0]  # ties
+    assert torch.equal(grey_dilation3(x), torch.nn.functional.max_pool2d(x, 3, 1, 1))
+    assert torch.equal(-grey_dilation3(-x), -torch.nn.functional.max_pool2d(-x, 3, 1, 1))
 
 
 def test_affine_views_need_images():

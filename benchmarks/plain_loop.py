@@ -1,0 +1,76 @@
+"""The training step as a user would write it without gedi_fast: plain eager fp32 PyTorch, JEM-style.
+
+Two augmented views, the replay-buffer draw and the SGLD chain by autograd (benchmarks/reference_sampler.py),
+the GEDI terms written out with torch ops, backward and Adam, on the trainer's network, settings and
+views, in fp32 and torch's default (contiguous) layout. benchmarks/test_bench_plain_loop.py races it
+against GEDITrainer.train_step; tests/test_plain_loop.py checks that its loss is GEDI's.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from benchmarks.reference_sampler import ReferenceSampler
+from gedi_fast import SGLDSampler
+from gedi_fast.augment import affine_images, augment_images
+from gedi_fast.data import Dataset
+from gedi_fast.models import build_model
+from gedi_fast.trainer import TrainConfig
+
+AUGMENTATIONS = {"affine": affine_images, "image": augment_images}
+
+
+def plain_gedi_loss(z1: torch.Tensor, z2: torch.Tensor, zn: torch.Tensor | None, temperature: float,
+                    gen_weight: float, inv_weight: float, prior_weight: float, energy_reg: float) -> torch.Tensor:
+    """GEDI's weighted loss (softmax targets) in the torch ops a user would write from its formulas."""
+    s1, s2 = z1 / temperature, z2 / temperature
+    energy_views = -torch.logsumexp(torch.cat([s1, s2]), dim=1)
+    log_q1, log_q2 = s1.log_softmax(dim=1), s2.log_softmax(dim=1)
+    q1, q2 = log_q1.exp(), log_q2.exp()
+    inv = -((q2 * log_q1).sum(dim=1) + (q1 * log_q2).sum(dim=1)).mean() / 2
+    mean_q = torch.cat([q1, q2]).mean(dim=0)
+    prior = -mean_q.log().mean() - math.log(z1.shape[1])  # KL(uniform || mean_q)
+    loss = inv_weight * inv + prior_weight * prior + energy_reg * energy_views.pow(2).mean()
+    if zn is not None:
+        energy_samples = -torch.logsumexp(zn / temperature, dim=1)
+        loss = loss + gen_weight * (energy_views.mean() - energy_samples.mean())
+        loss = loss + energy_reg * energy_samples.pow(2).mean()
+    return loss
+
+
+class PlainLoop:
+    """config's training step (image data, softmax targets) in plain eager fp32 PyTorch; `step()` runs one."""
+
+    def __init__(self, dataset: Dataset, config: TrainConfig) -> None:
+        if config.assignment != "softmax" or dataset.kind != "image":
+            raise ValueError("the plain loop writes out softmax targets on image data only")
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.model = build_model(dataset.input_shape, dataset.num_classes, config.hidden, config.width,
+                                 config.stem_stride)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.train_x = dataset.train_x
+        augment = AUGMENTATIONS[config.augmentation or dataset.augmentation]
+        noise = dataset.view_noise if config.view_noise is None else config.view_noise
+        self.augment = lambda x: augment(x, None, noise=noise)
+        self.sampler = None
+        if config.gen_weight != 0 or config.energy_reg != 0:
+            like = SGLDSampler(dataset.input_shape, config.sgld_config(dataset.sgld), config.temperature, config.seed)
+            self.sampler = ReferenceSampler(like)
+
+    def step(self) -> torch.Tensor:
+        config = self.config
+        x = self.train_x[torch.randint(0, len(self.train_x), (config.batch_size,))]
+        view1, view2 = self.augment(x), self.augment(x)
+        samples = [] if self.sampler is None else [self.sampler.sample(self.model, config.sgld_samples)]
+        self.model.train()
+        logits = self.model(torch.cat([view1, view2, *samples]))
+        rows = config.batch_size
+        loss = plain_gedi_loss(logits[:rows], logits[rows:2 * rows], logits[2 * rows:] if samples else None,
+                               config.temperature, config.gen_weight, config.inv_weight, config.prior_weight,
+                               config.energy_reg)
+        self.optimiser.zero_grad()
+        loss.backward()
+        self.optimiser.step()
+        return loss.detach()
