@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 
 def cpu_has_native_bf16() -> bool:
@@ -44,12 +45,33 @@ def resolve_precision(requested: str, device: torch.device, images: bool) -> str
     return "bf16" if images and native_bf16(device) else "fp32"
 
 
-def resolve_memory_format(requested: str, images: bool) -> torch.memory_format:
-    """The layout of a CNN's weights and activations: channels_last for image models under "auto"
-    (oneDNN's and cuDNN's fast convolutions work in it: 1.3-1.6x on this project's CPUs, fp32 and bf16
-    alike), contiguous for vector models, where it has no meaning."""
+# oneDNN's weight gradient of a strided 1 x 1 convolution with fewer input channels than this corrupts
+# the heap in channels_last on the CPU ("corrupted double-linked list", then an abort; seen with torch
+# 2.13.0+cpu and oneDNN 3.12 on an AVX2 machine, 2 to 7 input channels, one thread and two).
+NARROWEST_SAFE_CHANNELS_LAST = 8
+
+
+def channels_last_is_safe(model: nn.Module, device: torch.device) -> bool:
+    """Whether `model` may run channels_last on `device`: anywhere but the CPU, or a CPU model without
+    a strided 1 x 1 convolution narrower than NARROWEST_SAFE_CHANNELS_LAST input channels."""
+    return device.type != "cpu" or not any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+        and m.in_channels < NARROWEST_SAFE_CHANNELS_LAST for m in model.modules())
+
+
+def resolve_memory_format(requested: str, model: nn.Module, device: torch.device) -> torch.memory_format:
+    """The layout of `model`'s weights and activations on `device`. "auto": channels_last for a CNN
+    where that is safe (oneDNN's and cuDNN's fast convolutions work in it), contiguous otherwise and
+    for models without convolutions, where it has no meaning. An explicit "channels_last" where it is
+    unsafe is an error rather than a crash."""
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    safe = channels_last_is_safe(model, device)
+    if requested == "channels_last" and not safe:
+        raise ValueError(f"memory_format 'channels_last' is unsafe for this CNN on the CPU: oneDNN corrupts memory in "
+                         f"the backward of a strided 1 x 1 convolution with fewer than {NARROWEST_SAFE_CHANNELS_LAST} "
+                         f"input channels; use width >= {NARROWEST_SAFE_CHANNELS_LAST} or memory_format 'contiguous'")
     if requested == "auto":
-        requested = "channels_last" if images else "contiguous"
+        requested = "channels_last" if convolutional and safe else "contiguous"
     return torch.channels_last if requested == "channels_last" else torch.contiguous_format
 
 

@@ -120,7 +120,7 @@ WITHOUT_GEN = VARIANTS["without gen"]
 # The cpu-images step as it ran before "auto" (fp32, contiguous) against what "auto" picks on the machine at hand.
 PRECISION_VARIANTS = {
     "fp32, contiguous": {**PRESETS["cpu-images"], "precision": "fp32", "memory_format": "contiguous"},
-    "auto (this machine's fast path)": dict(PRESETS["cpu-images"]),
+    "auto": dict(PRESETS["cpu-images"]),
 }
 SMALL_BATCH = {"batch_size": 32}
 # Each SGLD variant's settings: the chain's length at 64 samples, samples at 20 steps, chains from noise.

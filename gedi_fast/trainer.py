@@ -77,10 +77,11 @@ class GEDITrainer:
         images = self.dataset.kind == "image"
         # What "auto" means on this device, decided once: the arithmetic and layout this run computes in.
         self.precision = resolve_precision(config.precision, self.device, images)
-        self.memory_format = resolve_memory_format(config.memory_format, images)
         torch.manual_seed(config.seed)
         self.model = build_model(self.dataset.input_shape, self.clusters, config.hidden, config.width,
-                                 config.stem_stride).to(self.device, memory_format=self.memory_format)
+                                 config.stem_stride)
+        self.memory_format = resolve_memory_format(config.memory_format, self.model, self.device)
+        self.model.to(self.device, memory_format=self.memory_format)
         # foreach: one multi-tensor update instead of a loop over parameters (CUDA's default already),
         # bit-identical to the loop and about twice as fast on the CPU (docs/RESULTS.md).
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr, foreach=True)

@@ -103,7 +103,7 @@ def run_cases(study_cases: list[Case], seeds=range(5), steps: int | None = None,
     runs = []
     for case in study_cases:
         for seed in seeds:
-            config = base.with_settings(seed=seed, **case.settings, **({"steps": steps} if steps else {}))
+            config = base.with_settings(**case.settings | {"seed": seed} | ({"steps": steps} if steps else {}))
             runs.append((case, config, run_folder(out, case.group, case.method, seed)))
     results: dict[tuple[str, str], list[dict]] = {}
 

@@ -12,9 +12,10 @@ import torch
 from gedi_fast import precision
 from gedi_fast.cli import main
 from gedi_fast.data import Dataset
+from gedi_fast.models import MLPClusterer, SmallResNet
 from gedi_fast.trainer import GEDITrainer, TrainConfig
 
-SMALL = dict(dataset="tiny-images", steps=4, batch_size=6, width=4, stem_stride=2, sgld_samples=4,
+SMALL = dict(dataset="tiny-images", steps=4, batch_size=6, width=8, stem_stride=2, sgld_samples=4,
              sgld=dict(steps=2, buffer_size=16), log_every=2, checkpoint_every=2)
 
 
@@ -68,10 +69,23 @@ def test_cuda_auto_asks_the_device(monkeypatch):
 
 
 def test_memory_format_auto_is_channels_last_for_cnns_only():
-    assert precision.resolve_memory_format("auto", images=True) == torch.channels_last
-    assert precision.resolve_memory_format("auto", images=False) == torch.contiguous_format
-    assert precision.resolve_memory_format("contiguous", images=True) == torch.contiguous_format
-    assert precision.resolve_memory_format("channels_last", images=True) == torch.channels_last
+    cpu, cnn, mlp = torch.device("cpu"), SmallResNet(1, 3, width=8), MLPClusterer(2, 3)
+    assert precision.resolve_memory_format("auto", cnn, cpu) == torch.channels_last
+    assert precision.resolve_memory_format("auto", mlp, cpu) == torch.contiguous_format
+    assert precision.resolve_memory_format("contiguous", cnn, cpu) == torch.contiguous_format
+    assert precision.resolve_memory_format("channels_last", cnn, cpu) == torch.channels_last
+
+
+@pytest.mark.parametrize("width", [1, 4, 7])
+def test_channels_last_stays_off_where_onednn_corrupts_memory(width, tmp_path):
+    cnn = SmallResNet(1, 3, width=width)  # its strided 1 x 1 shortcut reads `width` channels
+    assert precision.resolve_memory_format("auto", cnn, torch.device("cpu")) == torch.contiguous_format
+    assert precision.resolve_memory_format("auto", cnn, torch.device("cuda")) == torch.channels_last
+    with pytest.raises(ValueError, match="memory_format 'channels_last' is unsafe .* width >= 8"):
+        precision.resolve_memory_format("channels_last", cnn, torch.device("cpu"))
+    trainer = GEDITrainer(TrainConfig(**SMALL | dict(width=width)), tmp_path, tiny_images())
+    assert trainer.memory_format == torch.contiguous_format and trainer.model.stem[0].weight.is_contiguous()
+    trainer.train_step()
 
 
 def test_trainer_resolves_auto_and_an_explicit_fp32_wins(native, tmp_path):

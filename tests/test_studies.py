@@ -18,6 +18,7 @@ FAST = ["--set", "batch_size=32", "--set", "hidden=32", "--set", "sgld_steps=2",
 KEPT = {
     "collapse": lambda c: c.group == "moons" and c.method in ("GEDI (full)", "without gen", "without gen, K = 50"),
     "clusters": lambda c: c.group in ("blobs10", "digits, K = 20") and c.method == "GEDI (full)",
+    "precision": lambda c: c.group == "mnist5k",
     "sgld": lambda c: c.group == "moons" and c.method in ("0 SGLD steps", "1 SGLD steps", "5 steps from noise",
                                                          "20 steps, 16 samples", "without gen"),
 }
@@ -47,8 +48,15 @@ def test_a_study_writes_its_table_summary_figures_and_results(name, tmp_path, mo
                 assert (cell == "n/a") == (column.key not in saved[(method, group)][0]), (row, column)
                 assert cell == "n/a" or "+-" in cell, row
     pictures = sorted(report.parent.glob(f"{name}_*.png"))
-    assert pictures and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
+    assert bool(pictures) == (study.figures is not None)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
     assert all(f"]({p.name})" in text for p in pictures)
+    if name == "precision":
+        fp32, auto = small.methods("mnist5k")
+        assert {r["precision"] for r in saved[(fp32, "mnist5k")]} == {"fp32"}
+        assert {r["memory_format"] for r in saved[(fp32, "mnist5k")]} == {"contiguous_format"}
+        assert {r["memory_format"] for r in saved[(auto, "mnist5k")]} == {"channels_last"}
+        assert f"| {fp32}: median | | | " in text and "(+0.000)" in text and f"| {auto}: median | | | " in text
     if name == "sgld":
         assert "cheapest within 0.01 of it" in text
         assert 0 <= saved[("0 SGLD steps", "moons")][0]["ood_energy_auroc"] <= 1
