@@ -62,6 +62,7 @@ if __name__ == "__main__":
 
     setup(
         packages=find_packages(include=["gedi_fast", "gedi_fast.*"]),
+        package_data={"gedi_fast": ["py.typed"]},  # the package's type hints are for its users too (PEP 561)
         ext_modules=extension_modules(),
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )

@@ -1,5 +1,6 @@
 """What each setting of the cpu-images preset costs: one training step (two views, SGLD chain, loss,
-backward, Adam) on 1 x 28 x 28 images, the preset itself and one setting changed at a time.
+backward, Adam) on 1 x 28 x 28 images, the preset itself (precision and memory_format "auto"), each
+precision and layout forced, and one setting changed at a time.
 
 These choose the preset, they do not race a baseline: `pytest benchmarks/test_bench_image_preset.py
 --benchmark-only` prints mean step times, and docs/RESULTS.md gives the figures of a run.
@@ -18,7 +19,11 @@ from gedi_fast.trainer import GEDITrainer, TrainConfig
 
 OUT = pathlib.Path(tempfile.gettempdir(), "gedi_fast_bench")  # never written: a step does not checkpoint
 VARIANTS = {
-    "preset": {},
+    "preset": {},  # precision and memory_format "auto": what this machine's fast path is
+    "fp32, contiguous": {"precision": "fp32", "memory_format": "contiguous"},
+    "fp32, channels_last": {"precision": "fp32", "memory_format": "channels_last"},
+    "bf16, contiguous": {"precision": "bf16", "memory_format": "contiguous"},
+    "bf16, channels_last": {"precision": "bf16", "memory_format": "channels_last"},
     "width 16": {"width": 16},
     "width 64": {"width": 64},
     "stem stride 1": {"stem_stride": 1},
@@ -44,5 +49,6 @@ def test_image_preset_step(benchmark, variant):
     trainer = GEDITrainer(config, OUT, data)
     for _ in range(3):  # buffer, allocator and Adam state warm
         trainer.train_step()
-    benchmark.extra_info["variant"] = variant
+    benchmark.extra_info.update(variant=variant, precision=trainer.precision,
+                                memory_format=str(trainer.memory_format).removeprefix("torch."))
     benchmark.pedantic(trainer.train_step, rounds=8, iterations=1)

@@ -225,6 +225,17 @@ def _machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (a count of seeds or jobs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="gedi-fast", description=__doc__)
     root.add_argument("--version", action="version", version=f"gedi-fast {_version()} (torch {torch.__version__})")
@@ -261,11 +272,11 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=evaluate)
     triad = commands.add_parser("triad", help="full GEDI, its ablations and k-means over seeds; a Markdown table")
     triad.add_argument("--datasets", nargs="+", default=["moons", "circles", "digits"], choices=sorted(LOADERS))
-    triad.add_argument("--seeds", type=int, default=5)
+    triad.add_argument("--seeds", type=positive_int, default=5)
     triad.add_argument("--steps", type=int, help="training steps per run (default: TrainConfig.steps)")
     triad.add_argument("--out", default="runs/triad", help="folder for the runs")
     triad.add_argument("--report", default="docs/RESULTS.md", help="where the Markdown table goes")
-    triad.add_argument("--jobs", type=int, default=1, help="runs trained at once, one CPU thread each")
+    triad.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, one CPU thread each")
     triad.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help=f"a TrainConfig setting for every run, one of: {', '.join(SETTINGS)}")
     triad.set_defaults(handler=triad_command)
@@ -273,11 +284,11 @@ def parser() -> argparse.ArgumentParser:
         f"{name}: {s.question}" for name, s in STUDIES.items()) + "); a Markdown table, its figures beside it and "
         "results.json (every run's scores) under --out")
     study.add_argument("name", choices=sorted(STUDIES))
-    study.add_argument("--seeds", type=int, help="seeds per variant (default: the study's, 3)")
+    study.add_argument("--seeds", type=positive_int, help="seeds per variant (default: the study's, 3)")
     study.add_argument("--steps", type=int, help="training steps per run (default: TrainConfig.steps)")
     study.add_argument("--out", help="folder for the runs (default: runs/study_NAME)")
     study.add_argument("--report", help="where the Markdown table goes (default: docs/studies/NAME.md)")
-    study.add_argument("--jobs", type=int, default=1, help="runs trained at once, one CPU thread each")
+    study.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, one CPU thread each")
     study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help=f"a TrainConfig setting for every run, one of: {', '.join(SETTINGS)}")
     study.set_defaults(handler=study_command)
@@ -285,10 +296,10 @@ def parser() -> argparse.ArgumentParser:
                                  "OOD of each against the other, over seeds; Markdown tables")
     images.add_argument("--datasets", nargs="+", default=["mnist5k", "fashion-mnist"],
                         choices=["mnist5k", "fashion-mnist"])
-    images.add_argument("--seeds", type=int, default=3)
+    images.add_argument("--seeds", type=positive_int, default=3)
     images.add_argument("--out", default="runs/images", help="folder for the runs")
     images.add_argument("--report", default="runs/images/RESULTS.md", help="where the Markdown tables go")
-    images.add_argument("--jobs", type=int, default=1, help="runs trained at once, one CPU thread each")
+    images.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, one CPU thread each")
     images.add_argument("--device", default="cpu")
     images.add_argument("--data-root", help="folder holding Fashion-MNIST's IDX files when not Debian's")
     images.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help="as for train")

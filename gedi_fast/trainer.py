@@ -71,6 +71,11 @@ class GEDITrainer:
         self.device = launch.rank_device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {config.device!r} needs CUDA, which this machine or torch build lacks; use 'cpu'")
+        try:  # any other backend torch knows by name (mps, xpu, ...) but this build or machine may lack
+            torch.empty(0, device=self.device)
+        except (RuntimeError, AssertionError) as err:
+            raise ValueError(f"device {config.device!r} is not available on this machine or torch build "
+                             f"({str(err).splitlines()[0].split('. ')[0]}); use 'cpu'") from None
         self.rollbacks = 0
         self.dataset = dataset if dataset is not None else load_dataset(config.dataset, config.data_root, config.seed)
         self.clusters = config.clusters or self.dataset.num_classes

@@ -310,6 +310,22 @@ def test_cli_cuda_without_cuda(tmp_path, capsys):
     assert "needs CUDA" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["triad", "--seeds", "0"], ["study", "queue", "--seeds", "-1"],
+                                  ["images", "--seeds", "0"], ["triad", "--jobs", "0"], ["study", "sgld", "--jobs", "x"]])
+def test_cli_counts_of_seeds_and_jobs_are_positive(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert f"argument {argv[-2]}:" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_cli_a_backend_this_torch_lacks(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), "--device", "mps", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: device 'mps' is not available on this machine or torch build" in err and "Traceback" not in err
+
+
 # --- non-contiguous and expanded tensors: handled, with the contiguous result ---------------------
 
 def layouts(gen: torch.Generator, rows: int, cols: int) -> dict[str, torch.Tensor]:

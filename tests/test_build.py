@@ -146,3 +146,13 @@ def test_make_install_rebuilds_on_content_not_file_times(tmp_path):
     os.utime(tmp_path / ".build-stamp", (old, old))  # a stamp older than every input, contents current
     assert install() == []
     assert len(install(STUB_IMPORT_RC="1")) == 1  # the extension does not import: build
+
+
+def test_license_and_type_hints_ship_with_the_package():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "MIT"}
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert (ROOT / "gedi_fast" / "py.typed").is_file()
+    assert 'package_data={"gedi_fast": ["py.typed"]}' in (ROOT / "setup.py").read_text()
