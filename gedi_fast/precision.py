@@ -1,9 +1,10 @@
 """How the training step computes: which devices run bf16 natively, and TF32 as one switch set and
 restored through torch's global precision API.
 
-bf16 pays only where the hardware multiplies in it: on a CPU with AMX or AVX512-BF16 a bf16 CNN step
-is about 2.6x faster than fp32; on a CPU without them oneDNN emulates bf16 and the same step is about
-14x slower (docs/RESULTS.md, "Image training at the CPU's own speed"). So "auto" asks the hardware.
+bf16 pays only where the hardware multiplies in it (AMX or AVX512-BF16 on a CPU; not yet measured on
+such a CPU in this project); on a CPU without them oneDNN emulates bf16 and the cpu-images network is
+about 14x slower than in fp32 (docs/RESULTS.md, "Image training at the CPU's own speed"). So "auto"
+asks the hardware.
 
 torch keeps two precision APIs that refuse to be mixed: after the per-backend `fp32_precision`
 strings have been set, the global getters (`get_float32_matmul_precision`, `allow_tf32`, which
