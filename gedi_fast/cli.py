@@ -15,10 +15,12 @@ import torch
 from gedi_fast import launch
 from gedi_fast.config import SETTINGS, setting_types
 from gedi_fast.data import DATASET_KINDS, LOADERS, DatasetUnavailable, load_dataset
+from gedi_fast.metrics import merge_into_metrics_json
 from gedi_fast.ood import record_ood, require_same_shape
 from gedi_fast.plots import plot_ood, plot_run
 from gedi_fast.presets import CHOICES as PRESET_CHOICES
 from gedi_fast.presets import preset_settings
+from gedi_fast.sample_quality import CACHE_ENV, fid_report
 from gedi_fast.studies import STUDIES
 from gedi_fast.trainer import (
     CHECKPOINT_NAME,
@@ -130,20 +132,32 @@ def train(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Score the saved run's held-out split; with --ood, also tell another dataset's from it: the AUROCs
-    go into metrics.json (under "ood", one entry per dataset) and the histograms into ood_DATASET.png."""
+    go into metrics.json (under "ood", one entry per dataset) and the histograms into ood_DATASET.png;
+    with --fid, the sample-quality report goes into metrics.json under "fid"."""
     out = pathlib.Path(args.out)
     if not GEDITrainer.has_checkpoint(out):
         raise ValueError(f"--out {out}: {CHECKPOINT_NAME} not found; train a run there first")
     trainer = GEDITrainer.resume(out)
+    if args.fid and trainer.dataset.kind != "image":
+        raise ValueError(f"--fid scores image samples; the run's dataset {trainer.dataset.name!r} holds vectors")
     outside = None
     if args.ood is not None:
         outside = load_dataset(args.ood, args.data_root or trainer.config.data_root, trainer.config.seed)
         require_same_shape(trainer.dataset, outside)
     scores = trainer.evaluate()
     print(f"{trainer.config.dataset}: {_summary(scores)}")
-    if outside is None:
-        return 0
     path = out / "metrics.json"
+    if args.fid:
+        fid = fid_report(trainer)
+        merge_into_metrics_json(path, "fid", fid)
+        print(f"fid ({fid['rows']} images against the test split; evaluation classifier accuracy "
+              f"{fid['accuracy']:.4f}): " + "  ".join(
+                  f"{key}={fid[key]:.2f}" if fid[key] is not None else f"{key}=none (no SGLD sampler)"
+                  for key in ("floor", "samples", "buffer", "noise")))
+    if outside is None:
+        if args.fid:
+            print(f"metrics: {path}")
+        return 0
     report, per_row = record_ood(trainer.model, trainer.config.temperature, trainer.dataset, outside, trainer.device,
                                  path)
     picture = plot_ood(report, per_row, out / f"ood_{outside.name}.png")
@@ -269,6 +283,11 @@ def parser() -> argparse.ArgumentParser:
                             f"(one of {', '.join(sorted(LOADERS))})")
     check.add_argument("--data-root", help="folder holding the --ood dataset when it is file-based "
                        "(default: the run's --data-root)")
+    check.add_argument("--fid", action="store_true",
+                       help="image runs: Fréchet distances of the run's SGLD samples, its replay buffer, uniform "
+                            "noise and the training split to the test split, in an evaluation classifier's "
+                            f"features (trained once per dataset split and cached under ${CACHE_ENV}, default "
+                            "~/.cache/gedi_fast)")
     check.set_defaults(handler=evaluate)
     triad = commands.add_parser("triad", help="full GEDI, its ablations and k-means over seeds; a Markdown table")
     triad.add_argument("--datasets", nargs="+", default=["moons", "circles", "digits"], choices=sorted(LOADERS))

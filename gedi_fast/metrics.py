@@ -1,7 +1,9 @@
-"""Clustering, representation and out-of-distribution metrics, computed on held-out data."""
+"""Clustering, representation, out-of-distribution and sample-quality metrics, computed on held-out data."""
 from __future__ import annotations
 
+import json
 import math
+import pathlib
 
 import numpy as np
 import torch
@@ -86,3 +88,54 @@ def ood_auroc(energy_in: torch.Tensor | np.ndarray, energy_out: torch.Tensor | n
     scores = np.concatenate([e_in.ravel(), e_out.ravel()])
     is_out = np.concatenate([np.zeros(e_in.size), np.ones(e_out.size)])
     return float(sk_metrics.roc_auc_score(is_out, scores))
+
+
+def _feature_matrix(x: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(x.detach().cpu().double() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1:
+        raise ValueError(f"{name} must be an N x D array of features with N >= 2, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or infinite features")
+    return array
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a symmetric positive semi-definite matrix (rounding's negative
+    eigenvalues read as 0)."""
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Tensor | np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two N x D feature sets (the FID when the features
+    come from a classifier): |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2).
+
+    Computed in float64 through symmetric eigendecompositions, so the trace term is real and exact
+    to rounding even for singular covariances (fewer rows than dimensions), where a general matrix
+    square root of S_a S_b turns complex. Covariances are unbiased (N - 1).
+    """
+    a, b = _feature_matrix(features_a, "features_a"), _feature_matrix(features_b, "features_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"features_b must have features_a's {a.shape[1]} columns, got {b.shape[1]}")
+    cov_a, cov_b = np.cov(a, rowvar=False, ddof=1).reshape(a.shape[1], -1), np.cov(b, rowvar=False, ddof=1).reshape(
+        b.shape[1], -1)
+    root_a = _psd_sqrt(cov_a)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0.0, None)).sum()
+    distance = float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross)
+    return max(distance, 0.0)
+
+
+def class_coverage(predicted: torch.Tensor | np.ndarray, classes: int) -> float:
+    """Entropy of the histogram of predicted classes over log(classes): 1 when every class is
+    predicted equally often, 0 when one class takes everything."""
+    counts = np.bincount(_labels(predicted, "predicted"), minlength=classes).astype(np.float64)
+    share = counts[counts > 0] / counts.sum()
+    return float(-(share * np.log(share)).sum() / math.log(classes))
+
+
+def merge_into_metrics_json(path: pathlib.Path, key: str, entries: dict) -> None:
+    """metrics_json[key].update(entries) in a run's metrics.json (created if missing): what evaluations
+    add (OOD reports, sample quality) lives beside the training scores without replacing them."""
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved.setdefault(key, {}).update(entries)
+    path.write_text(json.dumps(saved, indent=2))

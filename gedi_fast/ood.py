@@ -8,7 +8,6 @@ baseline the energy score must beat.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 import torch
@@ -63,7 +62,5 @@ def record_ood(model: nn.Module, temperature: float, inside: Dataset, outside: D
     """ood_report, also stored in `metrics_path` (a run's metrics.json, created if missing) under
     "ood", one entry per out-of-distribution dataset."""
     report, per_row = ood_report(model, temperature, inside, outside, device)
-    saved = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    saved.setdefault("ood", {})[outside.name] = report
-    metrics_path.write_text(json.dumps(saved, indent=2))
+    metrics.merge_into_metrics_json(metrics_path, "ood", {outside.name: report})
     return report, per_row

@@ -15,7 +15,6 @@ from matplotlib import ticker  # noqa: E402
 import torch  # noqa: E402
 
 from gedi_fast.ood import batched_logits  # noqa: E402
-from gedi_fast.sampler import SGLDSampler  # noqa: E402
 
 TERMS = ("loss", "gen", "inv", "prior", "energy_reg")
 PER_CLUSTER = 10  # images per row of a cluster grid
@@ -100,9 +99,7 @@ def _image_grids(trainer, predicted: torch.Tensor, folder: pathlib.Path) -> list
     dataset, model = trainer.dataset, trainer.model
     grids = [("test_by_cluster.png", "test images by cluster", dataset.test_x, predicted)]
     if trainer.sampler is not None:
-        fresh = SGLDSampler(dataset.input_shape, trainer.sampler.config, trainer.sampler.temperature,
-                            trainer.sampler.seed + 1, trainer.device, graph=False)
-        fresh.buffer.copy_(trainer.sampler.buffer)
+        fresh = trainer.sampler.fork(trainer.sampler.seed + 1)
         with torch.enable_grad():
             samples = fresh.sample(model, min(FRESH_SAMPLES, len(fresh.buffer))).detach()
         buffer = trainer.sampler.buffer[:2000]

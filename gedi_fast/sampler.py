@@ -120,6 +120,14 @@ class SGLDSampler:
         fresh = torch.rand(self.buffer.shape, generator=generator, device=self.buffer.device, dtype=self.buffer.dtype)
         self.buffer.copy_(fresh * (high - low) + low)
 
+    def fork(self, seed: int) -> "SGLDSampler":
+        """An eager copy (config, temperature, buffer contents) with its own seed: chains that continue
+        from this sampler's state while leaving its buffer and stream untouched (plots, evaluation)."""
+        twin = SGLDSampler(tuple(self.buffer.shape[1:]), self.config, self.temperature, seed, self.buffer.device,
+                           self.buffer.dtype, graph=False)
+        twin.buffer.copy_(self.buffer)
+        return twin
+
     def energy(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """E(x) per row by reference.energy (float32 for fp16/bf16 logits), the model's output checked first."""
         return energy(self._checked(model(x), x), self.temperature)
