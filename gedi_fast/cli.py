@@ -6,13 +6,14 @@ import datetime
 import os
 import pathlib
 import platform
+import signal
 import sys
 import tempfile
 import time
 
 import torch
 
-from gedi_fast import launch
+from gedi_fast import launch, run_folder, stopping
 from gedi_fast.config import SETTINGS, setting_types
 from gedi_fast.data import DATASET_KINDS, LOADERS, DatasetUnavailable, load_dataset
 from gedi_fast.metrics import merge_into_metrics_json
@@ -92,9 +93,11 @@ def _summary(scores: dict) -> str:
 
 
 def train(args: argparse.Namespace) -> int:
-    """One process, or under torchrun one rank of a DDP run; rank 0 alone evaluates, plots and prints."""
+    """One process, or under torchrun one rank of a DDP run; rank 0 alone evaluates, plots and prints.
+    Flags are checked before anything is written; what the run folder holds is checked under its lock."""
     out = pathlib.Path(args.out)
     resume = args.resume == "yes" or (args.resume == "auto" and GEDITrainer.has_checkpoint(out))
+    changes = None
     if resume:
         _, saved = GEDITrainer.saved_state(out)
         changes = _resume_changes(args, saved)
@@ -108,6 +111,15 @@ def train(args: argparse.Namespace) -> int:
             options["steps"] = args.steps
         config = TrainConfig.from_settings(**options)
     _writable_folder(out)
+    with run_folder.exclusive(out, take=launch.torchrun_rank() == 0):
+        if not resume:
+            run_folder.refuse_to_replace(out, args.overwrite)
+        return _train_in(out, config, changes)
+
+
+def _train_in(out: pathlib.Path, config: TrainConfig, changes: dict | None) -> int:
+    """Train `config` into `out`: a new run, or with `changes` (what --resume may change) the saved one."""
+    resume = changes is not None
     with launch.torchrun_process_group(config.device, config.collective_timeout):
         trainer = GEDITrainer.resume(out, **changes) if resume else GEDITrainer(config, out)
         if resume and trainer.rank == 0:
@@ -117,9 +129,15 @@ def train(args: argparse.Namespace) -> int:
                   f"pass --steps N with N > {trainer.step} to train on", file=sys.stderr)
         started = time.perf_counter()
         terminal = sys.stderr.isatty()
-        trainer.train(progress=terminal, log_lines=not terminal)
+        with stopping.stop_on_signals() as request:
+            trainer.train(progress=terminal, log_lines=not terminal, stop=request.requested)
         wall_s = time.perf_counter() - started
         trainer.leave_process_group()
+        if trainer.stopped_at is not None:
+            if trainer.rank == 0:
+                print(f"gedi-fast: interrupted at step {trainer.stopped_at} of {trainer.config.steps}, checkpoint "
+                      f"written; resume with: gedi-fast train --out {out} --resume", file=sys.stderr, flush=True)
+            return request.exit_status
         if trainer.rank != 0:
             return 0
     scores = trainer.evaluate()
@@ -268,6 +286,9 @@ def parser() -> argparse.ArgumentParser:
                           f"there is one, else start it, so one command line serves the first start and every "
                           f"restart (torchrun --max-restarts). A resumed run keeps its dataset, seed and settings "
                           f"except {', '.join(RESUME_CHANGEABLE)}")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start a new run in an --out that holds one, removing its checkpoints and metrics "
+                          "(without it, such an --out is refused)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help=f"a TrainConfig setting, one of: {', '.join(SETTINGS)}")
     run.add_argument("--preset", choices=PRESET_CHOICES, default="auto",
@@ -351,3 +372,6 @@ def main(argv: list[str] | None = None) -> int:
     except (FloatingPointError, TrainingStopped) as err:
         print(f"gedi-fast: training failed: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # outside the training loop (loading data, evaluating): nothing to save
+        print("\ngedi-fast: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT

@@ -20,6 +20,11 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
+def torchrun_rank() -> int:
+    """RANK from torchrun's environment (known before the process group exists); 0 outside torchrun."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
 def torchrun_world_size() -> int:
     """WORLD_SIZE from torchrun's environment; 1 for a process started any other way."""
     return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1

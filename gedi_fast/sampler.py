@@ -61,6 +61,12 @@ def _autocast_without_cache(device_type: str) -> torch.autocast:
 class SGLDSampler:
     """Draws negatives from the model's energy E(x) = -logsumexp(model(x) / temperature).
 
+    `temperature` must be the one the loss uses (GEDILoss's, 0.1 by default; the trainer passes one
+    value to both): the chain follows dE/dx, which scales as 1 / temperature. The default 1.0 is the
+    plain -logsumexp(z) energy, for use without GEDILoss. A step is Langevin dynamics for exp(-E / tau)
+    with tau = noise_std^2 / (2 step_size), not for exp(-E) unless tau = 1: JEM's step 1 and noise 0.01
+    sample 20000 times colder than the model (docs/DESIGN.md, "What the SGLD knobs mean").
+
     The replay buffer lives on the training device; every random number comes from (seed, number of
     calls so far), a counter kept on the device, so a run is reproducible, a restored state continues
     the same stream, and no call waits for the host.

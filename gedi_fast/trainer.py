@@ -15,6 +15,7 @@ import math
 import pathlib
 import sys
 import time
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -123,6 +124,7 @@ class GEDITrainer:
         self.step = 0
         self._saved_step: int | None = None  # the step of the checkpoint on disk, when this run wrote or read one
         self.history: list[dict] = []
+        self.stopped_at: int | None = None  # the step train() stopped at when its `stop` said so
 
     def views(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.augmentation in IMAGE_AUGMENTATIONS:
@@ -185,8 +187,13 @@ class GEDITrainer:
         zn = logits[2 * rows:] if samples is not None else None
         return self.loss_fn(logits[:rows], logits[rows:2 * rows], zn, return_terms=True)
 
-    def train(self, until: int | None = None, progress: bool = False, log_lines: bool = False) -> list[dict]:
+    def train(self, until: int | None = None, progress: bool = False, log_lines: bool = False,
+              stop: Callable[[], bool] | None = None) -> list[dict]:
         """Train to step `until` (default config.steps), logging and checkpointing on the way.
+
+        `stop` is polled after every step (the CLI passes a signal's StopRequest): once it says True the
+        run checkpoints the step it finished and returns early, with `stopped_at` set to that step.
+        Under DDP the ranks agree (a max over a CPU flag, every step), so all stop at the same step.
 
         progress=True shows a tqdm bar with the latest loss (the CLI asks for one on a terminal);
         log_lines=True prints a line per log step to stderr instead (step, terms, samples/s, ETA: the
@@ -208,18 +215,25 @@ class GEDITrainer:
         bar = tqdm(total=until, initial=self.step, desc=self.config.dataset, disable=not progress or self.rank != 0,
                    leave=False)
         recovery = Recovery(self)
+        self.stopped_at = None
+        agree = self._stop_agreement() if stop is not None else None
         try:
             while self.step < until:
                 values = self.train_step()
                 bar.update(1)
+                stopping = agree is not None and agree(stop())
                 log = self.step % self.config.log_every == 0 or self.step == until
-                save = self.step % self.config.checkpoint_every == 0 or self.step == until
+                save = self.step % self.config.checkpoint_every == 0 or self.step == until or stopping
                 if not (log or save):
                     continue
                 if recovery.rolled_back(values):
                     bar.n = self.step
                     bar.refresh()
                     started, first = time.perf_counter(), self.step
+                    if stopping:  # the last good state, restored, is what the checkpoint keeps
+                        self.save()
+                        self.stopped_at = self.step
+                        break
                     continue
                 if log:
                     record = {"step": self.step, **{k: v.item() for k, v in values.items()}}
@@ -234,6 +248,9 @@ class GEDITrainer:
                 if save:
                     self.save()
                 recovery.keep()
+                if stopping:
+                    self.stopped_at = self.step
+                    break
         except RuntimeError as err:
             if isinstance(err, TrainingStopped) or self.world_size == 1 or not any(
                     mark in str(err) for mark in COLLECTIVE_FAILURES):
@@ -242,6 +259,20 @@ class GEDITrainer:
         finally:
             bar.close()
         return self.history
+
+    def _stop_agreement(self) -> Callable[[bool], bool]:
+        """requested -> whether any rank requested a stop: the value itself for one process; under DDP a
+        max over the ranks on the CPU (a gloo group beside NCCL's), so no step waits on the GPU."""
+        if self.world_size == 1:
+            return lambda requested: requested
+        group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+        def agree(requested: bool) -> bool:
+            flag = torch.tensor([int(requested)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+            return bool(flag.item())
+
+        return agree
 
     def _collective_failure(self, err: RuntimeError) -> TrainingStopped:
         """A collective that failed or timed out (another rank died or hung), as an error naming this

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from gedi_fast import checkpoint
+from gedi_fast import checkpoint, run_folder
 from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,7 +128,7 @@ def test_sigkill_mid_training_then_resume_equals_an_unbroken_run(tmp_path):
     unbroken.train()
     final = checkpoint.load(newest)
     assert final["step"] == steps
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [run_folder.LOCK_NAME]  # no temporary file
     for name, value in unbroken.model.state_dict().items():
         assert torch.equal(final["model"][name], value), name
     assert torch.equal(final["samplers"][0]["buffer"], unbroken.sampler.buffer)

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gedi_fast import checkpoint
+from gedi_fast import checkpoint, run_folder
 from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 WORLD = 2
@@ -63,6 +63,9 @@ def _rank_main(rank: int, store_path: str, out_dir: str) -> None:
         result["resume"] = {name: (t.model.state_dict(), t.sampler.buffer.clone(), t.sampler.seed)
                             for name, t in (("straight", straight), ("resumed", resumed))}
         result["queue"] = {name: t.loss_fn.queue.logits for name, t in (("straight", straight), ("resumed", resumed))}
+        stopped = GEDITrainer(TrainConfig(**NO_SGLD | {"steps": 8}), out / "stopped")
+        stopped.train(stop=lambda: rank == 1 and stopped.step >= 2)  # a signal that reached rank 1 alone
+        result["stopped"] = {"step": stopped.step, "stopped_at": stopped.stopped_at}
         torch.save(result, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -127,6 +130,11 @@ def test_a_fault_on_one_rank_rolls_every_rank_back_alike(run):
             assert torch.equal(value, clean[name]), name  # no sampler: the replay after the rollback is exact
 
 
+def test_a_stop_request_on_one_rank_stops_every_rank_at_the_same_step(run):
+    assert [got["stopped"] for got in run[1]] == [{"step": 2, "stopped_at": 2}] * 2
+    assert checkpoint.load(run[0] / "stopped" / CHECKPOINT_NAME)["step"] == 2
+
+
 def test_resume_under_ddp_is_exact_per_rank(run):
     folder, ranks = run
     saved = checkpoint.load(folder / "broken" / CHECKPOINT_NAME)
@@ -184,7 +192,7 @@ def test_torchrun_runs_the_train_command(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("moons: nmi=") == 1  # rank 0 alone reports
     assert json.loads((out / "metrics.json").read_text())["steps"] == 10
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no checkpoint left half-written
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [run_folder.LOCK_NAME]  # nothing half-written
     state = checkpoint.load(out / CHECKPOINT_NAME)
     assert state["step"] == 10 and len(state["samplers"]) == WORLD
     assert GEDITrainer.resume(out).step == 10
