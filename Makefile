@@ -38,7 +38,7 @@ bench: install
 # Train GEDI on moons with the default settings on the CPU (43 s on 2 idle cores), print the scores
 # and where the plots are.
 demo: install
-	$(PYTHON) -m gedi_fast train --dataset moons --out runs/demo
+	$(PYTHON) -m gedi_fast train --dataset moons --out runs/demo --overwrite
 
 # On a CUDA machine: build with CUDA kernels, GPU lane, suite, benchmarks; results under $(OUT).
 gpu-check:
