@@ -3,7 +3,7 @@
 The SGLD chain's settings are the dataset's (Dataset.sgld: its kind's step and noise over its inputs'
 range) with the run's own on top: `TrainConfig.sgld` maps SGLDConfig field names to the values this
 run fixes, so "the dataset's choice" is a field left out. The flat names sgld_steps, sgld_step_size,
-sgld_noise, buffer_size and reinit_prob (SGLD_SETTINGS) set those fields; None leaves one to the dataset.
+sgld_noise, buffer_size, reinit_prob and sgld_grad_clamp (SGLD_SETTINGS) set those fields; None leaves one to the dataset.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 # Each flat setting name of the SGLD chain and the SGLDConfig field it sets.
 SGLD_SETTINGS = {"sgld_steps": "steps", "sgld_step_size": "step_size", "sgld_noise": "noise_std",
-                 "buffer_size": "buffer_size", "reinit_prob": "reinit_prob"}
+                 "buffer_size": "buffer_size", "reinit_prob": "reinit_prob", "sgld_grad_clamp": "grad_clamp"}
 # The chain settings measured in docs/RESULTS.md; step size and noise are left to the dataset.
 DEFAULT_SGLD = {"steps": 20, "buffer_size": 10_000, "reinit_prob": 0.05}
 # Which config fields a resumed run may change: how long it trains, how it logs and checkpoints, and
@@ -73,6 +73,7 @@ class TrainConfig:
     precision: str = "auto"  # "fp32" | "bf16" (autocast the model; the loss internals stay fp32) | "auto"
     memory_format: str = "auto"  # "channels_last" | "contiguous" | "auto" (channels_last for CNNs)
     lr: float = 1e-3
+    adam_beta1: float = 0.9  # Adam's first-moment decay; energy-model recipes often use 0 or 0.5
     hidden: int = 256  # the MLP's width (vector data)
     width: int = 32  # the CNN's first-stage channels (image data)
     stem_stride: int = 1  # the CNN stem's stride: 2 quarters the cost of every stage
@@ -113,6 +114,8 @@ class TrainConfig:
         require_int(self.seed, "seed", minimum=0)
         for name in ("lr", "temperature", "sinkhorn_eps"):
             require_real(getattr(self, name), name, positive=True)
+        if not 0 <= require_real(self.adam_beta1, "adam_beta1") < 1:
+            raise ValueError(f"adam_beta1 must lie in [0, 1), got {self.adam_beta1}")
         for name in ("view_noise", "energy_reg"):
             if getattr(self, name) is not None:
                 require_real(getattr(self, name), name, non_negative=True)

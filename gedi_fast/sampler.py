@@ -35,6 +35,7 @@ class SGLDConfig:
     init_low: float = -1.0
     init_high: float = 1.0
     clamp: tuple[float, float] | None = None
+    grad_clamp: float | None = None  # |dE/dx| per element at most this before the step (None: no limit)
 
     def __post_init__(self) -> None:
         require_int(self.steps, "steps", minimum=0)
@@ -43,6 +44,8 @@ class SGLDConfig:
         require_int(self.buffer_size, "buffer_size", minimum=1)
         if not 0 <= require_real(self.reinit_prob, "reinit_prob") <= 1:
             raise ValueError(f"reinit_prob must lie in [0, 1], got {self.reinit_prob}")
+        if self.grad_clamp is not None:
+            require_real(self.grad_clamp, "grad_clamp", positive=True)
         if require_real(self.init_low, "init_low") >= require_real(self.init_high, "init_high"):
             raise ValueError(f"init_low must be below init_high, got [{self.init_low}, {self.init_high})")
 
@@ -194,6 +197,8 @@ class SGLDSampler:
                     if step == 0:
                         self._checked(logits, x)
                     (grad,) = torch.autograd.grad(logits, x, energy_grad(logits, self.temperature))
+                    if config.grad_clamp is not None:
+                        grad = grad.clamp_(-config.grad_clamp, config.grad_clamp)
                     step_(x, grad, offsets[1 + step])
         finally:
             model.train(was_training)

@@ -90,7 +90,8 @@ class GEDITrainer:
         self.model.to(self.device, memory_format=self.memory_format)
         # foreach: one multi-tensor update instead of a loop over parameters (CUDA's default already),
         # bit-identical to the loop and about twice as fast on the CPU (docs/RESULTS.md).
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr, foreach=True)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(config.adam_beta1, 0.999),
+                                          foreach=True)
         self.loss_fn = GEDILoss(config.temperature, config.gen_weight, config.inv_weight, config.prior_weight,
                                 config.assignment, sinkhorn_eps=config.sinkhorn_eps,
                                 sinkhorn_iters=config.sinkhorn_iters, energy_reg=config.energy_reg,
@@ -448,10 +449,12 @@ class GEDITrainer:
     def write_metrics(self, scores: dict[str, float], wall_s: float | None = None) -> pathlib.Path:
         """metrics.json: held-out scores, the latest training throughput (samples/s, global batch),
         the wall time of this process's training (wall_s, when given), the config and what its "auto"
-        settings resolved to on this machine (`ran_with`)."""
+        and dataset-chosen settings resolved to (`ran_with`: precision, memory format, views, SGLD chain)."""
         logged = [h for h in self.history if "samples_per_s" in h]
         speed = {"samples_per_s": logged[-1]["samples_per_s"] if logged else None, "train_wall_s": wall_s}
-        ran_with = {"precision": self.precision, "memory_format": str(self.memory_format).removeprefix("torch.")}
+        ran_with = {"precision": self.precision, "memory_format": str(self.memory_format).removeprefix("torch."),
+                    "augmentation": self.augmentation, "view_noise": self.view_noise,
+                    "sgld": None if self.sampler is None else dataclasses.asdict(self.sampler.config)}
         path = self.out / "metrics.json"
         path.write_text(json.dumps({**scores, **speed, "config": dataclasses.asdict(self.config), "ran_with": ran_with},
                                    indent=2))

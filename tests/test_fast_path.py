@@ -186,7 +186,12 @@ def test_metrics_record_what_auto_resolved_to_and_bad_choices_name_the_setting(t
     main(["train", "--dataset", "moons", "--out", str(tmp_path), "--steps", "2", "--set", "batch_size=8",
           "--set", "hidden=8", "--set", "sgld_steps=1", "--set", "buffer_size=16"])
     ran_with = json.loads((tmp_path / "metrics.json").read_text())["ran_with"]
-    assert ran_with == {"precision": "fp32", "memory_format": "contiguous_format"}
+    sgld = {"steps": 1, "step_size": 0.01, "noise_std": 0.1, "buffer_size": 16, "reinit_prob": 0.05,
+            "init_low": ran_with["sgld"]["init_low"], "init_high": ran_with["sgld"]["init_high"], "clamp": None,
+            "grad_clamp": None}
+    assert ran_with == {"precision": "fp32", "memory_format": "contiguous_format", "augmentation": "jitter",
+                        "view_noise": 0.15, "sgld": sgld}
+    assert ran_with["sgld"]["init_low"] < -1 and ran_with["sgld"]["init_high"] > 1  # the standardised data's range
     for bad in ("precision=fp16", "memory_format=nhwc"):
         assert main(["train", "--dataset", "moons", "--out", str(tmp_path / "x"), "--set", bad]) == 2
         assert f"error: {bad.split('=')[0]} must be one of" in capsys.readouterr().err

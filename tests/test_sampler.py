@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 
-from gedi_fast import SGLDConfig, SGLDSampler, buffer_draw, sgld_step_
+from gedi_fast import SGLDConfig, SGLDSampler, buffer_draw, reference, sgld_step_
 from gedi_fast.models import MLPClusterer
 from gedi_fast.reference import energy_grad
 from gedi_fast.rng import call_key, mix32
@@ -255,3 +255,29 @@ def test_graph_capture_and_replay_run_on_the_buffers_device(monkeypatch):
     assert fake.current == "the caller's device"
     # The row hashes outlive the warm-up: made on the caller's stream, not the warm-up's side stream.
     assert fake.events.index(("arange", False)) < fake.events.index(("arange", True))
+
+
+def test_grad_clamp_limits_each_elements_gradient_before_the_step():
+    """The chain with grad_clamp is the reference update on the clamped autograd gradient, with the same
+    Philox noise; the reference itself is the formula in float64."""
+    model = MLPClusterer(2, 3, hidden=16)
+    config = SGLDConfig(steps=2, step_size=0.5, noise_std=0.05, buffer_size=8, reinit_prob=0.0, grad_clamp=0.3)
+    sampler = SGLDSampler((2,), config, temperature=0.05, seed=9)
+    buffer = sampler.buffer.clone()
+    indices = expected_indices(9, 0, 16, 8)
+    x = buffer[indices].clone()
+    clamped_somewhere = False
+    for step in range(config.steps):
+        x.requires_grad_(True)
+        logits = model(x)
+        (grad,) = torch.autograd.grad(logits, x, energy_grad(logits, sampler.temperature))
+        clamped_somewhere |= bool((grad.abs() > 0.3).any())
+        xi = reference.philox_normal(x.numel(), 9, 1 + step).reshape(x.shape)
+        x = reference.sgld_step(x.detach(), grad, 0.5, 0.05, xi, grad_clamp=0.3)
+    assert clamped_somewhere  # temperature 0.05 makes gradients well above the bound
+    torch.testing.assert_close(sampler.sample(model, 16), x, rtol=1e-6, atol=1e-6)
+
+    g = torch.randn(50, dtype=torch.float64) * 3
+    start, noise = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    expected = start - 0.5 * torch.where(g.abs() > 0.3, 0.3 * g.sign(), g) + 0.05 * noise
+    assert torch.equal(reference.sgld_step(start, g, 0.5, 0.05, noise, grad_clamp=0.3), expected)

@@ -70,11 +70,20 @@ def test_image_augmentations_are_reproducible_and_in_range():
     "kwargs,match",
     [(dict(steps=0), "steps must be >= 1"), (dict(lr=0.0), "lr must be > 0"), (dict(clusters=1), "clusters must be 0"),
      (dict(assignment="kmeans"), "assignment must be one of"), (dict(view_noise=-1.0), "view_noise must be >= 0"),
-     (dict(precision="fp8"), "precision must be one of"), (dict(augmentation="mixup"), "augmentation must be one of")],
+     (dict(precision="fp8"), "precision must be one of"), (dict(augmentation="mixup"), "augmentation must be one of"),
+     (dict(adam_beta1=1.0), "adam_beta1 must lie in"), (dict(sgld=dict(grad_clamp=0.0)), "grad_clamp must be > 0")],
 )
 def test_bad_config_names_the_field(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         TrainConfig(**kwargs)
+
+
+def test_adam_beta1_and_the_gradient_clamp_reach_the_optimiser_and_the_chain(tmp_path):
+    config = TrainConfig.from_settings(steps=1, hidden=8, batch_size=8, adam_beta1=0.5, sgld_grad_clamp=0.02,
+                                       sgld_steps=1, buffer_size=16)
+    trainer = GEDITrainer(config, tmp_path)
+    assert trainer.optimiser.param_groups[0]["betas"] == (0.5, 0.999)
+    assert trainer.sampler.config.grad_clamp == 0.02
 
 
 def test_rotation_views_keep_the_radius_and_replay():

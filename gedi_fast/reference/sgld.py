@@ -15,10 +15,16 @@ def sgld_step(
     noise_std: float,
     noise: torch.Tensor,
     clamp: tuple[float, float] | None = None,
+    grad_clamp: float | None = None,
 ) -> torch.Tensor:
-    """clamp(x - step_size * grad + noise_std * noise) in float32, returned in x's dtype (not in place)."""
-    v = x.float() - step_size * grad.float()
-    v = v + noise_std * noise.float()
+    """clamp(x - step_size * clamp(grad, -grad_clamp, grad_clamp) + noise_std * noise) in float32 (float64
+    for float64 x), returned in x's dtype (not in place)."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    g = grad.to(compute)
+    if grad_clamp is not None:
+        g = g.clamp(-grad_clamp, grad_clamp)
+    v = x.to(compute) - step_size * g
+    v = v + noise_std * noise.to(compute)
     if clamp is not None:
         v = v.clamp(clamp[0], clamp[1])
     return v.to(x.dtype)
