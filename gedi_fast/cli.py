@@ -59,6 +59,20 @@ def parse_settings(pairs: list[str]) -> dict:
     return result
 
 
+DATASET_CHOSEN = ("augmentation", "view_noise", "sgld_step_size", "sgld_noise")  # None: the dataset's choice
+
+
+def settings_help() -> str:
+    """Every --set key with its default ("dataset" where the dataset chooses, "none" for an unset option)."""
+    defaults = TrainConfig()
+
+    def shown(name: str) -> object:
+        value = defaults.setting(name)
+        return value if value is not None else "dataset" if name in DATASET_CHOSEN else "none"
+
+    return ", ".join(f"{name}={shown(name)}" for name in SETTINGS)
+
+
 def _writable_folder(out: pathlib.Path) -> pathlib.Path:
     """--out, created if missing and shown writable now, before any training time is spent."""
     try:
@@ -99,7 +113,10 @@ def train(args: argparse.Namespace) -> int:
     resume = args.resume == "yes" or (args.resume == "auto" and GEDITrainer.has_checkpoint(out))
     changes = None
     if resume:
-        _, saved = GEDITrainer.saved_state(out)
+        state, saved = GEDITrainer.saved_state(out)
+        if args.steps is not None and args.steps < state["step"]:
+            raise ValueError(f"--steps {args.steps} is below the step the run in {out} reached ({state['step']}); "
+                             f"a resumed run can only be extended (--steps N with N > {state['step']})")
         changes = _resume_changes(args, saved)
         config = saved.with_settings(**changes)
     else:
@@ -290,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
                      help="start a new run in an --out that holds one, removing its checkpoints and metrics "
                           "(without it, such an --out is refused)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help=f"a TrainConfig setting, one of: {', '.join(SETTINGS)}")
+                     help=f"a TrainConfig setting (default; image data: a --preset on top), one of: {settings_help()}")
     run.add_argument("--preset", choices=PRESET_CHOICES, default="auto",
                      help="settings for image data, under --set and --steps: cpu-images (about 6 min on 2 CPU "
                           "cores), paper-images (the paper's network and SGLD, for a GPU); auto (default): "
@@ -318,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     triad.add_argument("--report", default="docs/RESULTS.md", help="where the Markdown table goes")
     triad.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, one CPU thread each")
     triad.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"a TrainConfig setting for every run, one of: {', '.join(SETTINGS)}")
+                       help=f"a TrainConfig setting for every run (default), one of: {settings_help()}")
     triad.set_defaults(handler=triad_command)
     study = commands.add_parser("study", help="a study beyond the paper (" + ", ".join(
         f"{name}: {s.question}" for name, s in STUDIES.items()) + "); a Markdown table, its figures beside it and "
@@ -330,7 +347,7 @@ def parser() -> argparse.ArgumentParser:
     study.add_argument("--report", help="where the Markdown table goes (default: docs/studies/NAME.md)")
     study.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, one CPU thread each")
     study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"a TrainConfig setting for every run, one of: {', '.join(SETTINGS)}")
+                       help=f"a TrainConfig setting for every run (default), one of: {settings_help()}")
     study.set_defaults(handler=study_command)
     images = commands.add_parser("images", help="GEDI with and without gen on MNIST-5k and Fashion-MNIST, k-means, "
                                  "OOD of each against the other, over seeds; Markdown tables")

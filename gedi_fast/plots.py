@@ -65,7 +65,7 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
             ax.axis("off")
         else:
             ax.hist(samples.reshape(-1).numpy(), bins=50)
-        ax.set_title("SGLD samples")
+        ax.set_title("SGLD replay buffer (the chains' latest samples)")
         written.append(save_figure(fig, folder / "samples.png"))
 
     records = [h for h in trainer.history if "event" not in h]  # events (rollbacks) carry no terms

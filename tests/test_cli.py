@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gedi_fast.cli import main
+from gedi_fast.config import SETTINGS
 
 FAST = ["--set", "batch_size=32", "--set", "hidden=32", "--set", "sgld_steps=2", "--set", "buffer_size=64",
         "--set", "log_every=5"]
@@ -53,7 +54,10 @@ def test_bad_flags_exit_2_with_one_error_line(argv, message, capsys, tmp_path, m
 def test_set_help_lists_the_keys_and_version_prints(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "sgld_samples" in capsys.readouterr().out
+    shown = " ".join(capsys.readouterr().out.split())
+    for name in SETTINGS:
+        assert f"{name}=" in shown, name
+    assert "steps=1000" in shown and "sgld_noise=dataset" in shown and "sgld_grad_clamp=none" in shown
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.startswith("gedi-fast ")
@@ -95,6 +99,9 @@ def test_resume_extends_refuses_a_new_dataset_and_says_when_done(tmp_path, capsy
     assert "--dataset moons differs from the resumed run's blobs" in capsys.readouterr().err
     assert main(["train", "--resume", "--out", out, "--set", "lr=0.5"]) == 2
     assert "a resumed run keeps its lr" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", out, "--steps", "4"]) == 2
+    assert "--steps 4 is below the step the run in" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["steps"] == 10
 
 
 def test_a_run_without_a_terminal_logs_while_it_trains(tmp_path):
