@@ -309,7 +309,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help=f"a TrainConfig setting (default; image data: a --preset on top), one of: {settings_help()}")
     run.add_argument("--preset", choices=PRESET_CHOICES, default="auto",
-                     help="settings for image data, under --set and --steps: cpu-images (about 6 min on 2 CPU "
+                     help="settings for image data, under --set and --steps: cpu-images (about 10 min on 2 CPU "
                           "cores), paper-images (the paper's network and SGLD, for a GPU); auto (default): "
                           "paper-images on a CUDA --device, cpu-images otherwise, none for vector data")
     run.set_defaults(handler=train)

@@ -2,8 +2,8 @@
 
 An SGLD chain through a CNN costs one forward and backward of the network per step and sample, so an
 image run is designed around that cost: `cpu-images` trades network width, chain length and samples
-for steps a 2-core CPU finishes in about 6 minutes alone, 10 beside a second run (docs/RESULTS.md gives each setting's
-cost); `paper-images` is the paper's setting (a ResNet-8-style CNN at full resolution, JEM's SGLD:
+for steps, 2500 of them, which a 2-core CPU trains in about 9.5 minutes alone (at the 223 ms step measured
+alone) and 25 beside a second run (docs/RESULTS.md gives each setting's cost and why 2500); `paper-images` is the paper's setting (a ResNet-8-style CNN at full resolution, JEM's SGLD:
 20 steps of size 1 with noise 0.01 from a 10000-sample replay buffer, 5% fresh), for a GPU.
 Vector data needs no preset: TrainConfig's defaults are measured on it.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from gedi_fast.validation import require_choice
 
 PRESETS: dict[str, dict[str, object]] = {
-    "cpu-images": dict(width=32, stem_stride=2, batch_size=128, steps=1500, sgld_steps=5, sgld_samples=32,
+    "cpu-images": dict(width=32, stem_stride=2, batch_size=128, steps=2500, sgld_steps=5, sgld_samples=32,
                        buffer_size=5000, log_every=100, checkpoint_every=500),
     "paper-images": dict(width=64, stem_stride=1, batch_size=64, lr=1e-4, steps=50_000, sgld_steps=20,
                          sgld_samples=64, sgld_step_size=1.0, sgld_noise=0.01, buffer_size=10_000, reinit_prob=0.05,
