@@ -37,6 +37,7 @@ from gedi_fast.sampler import SGLDSampler
 __all__ = ["CHECKPOINT_NAME", "RESEED_STRIDE", "RESUME_CHANGEABLE", "GEDITrainer", "TrainConfig", "TrainingStopped"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"  # one JSON object per log step (and per rollback), appended as training runs
 
 
 LOGGED_TERMS = ("gen", "inv", "prior", "energy_reg")
@@ -217,6 +218,7 @@ class GEDITrainer:
                    leave=False)
         recovery = Recovery(self)
         self.stopped_at = None
+        log_file = self._continue_log() if self.rank == 0 else None
         agree = self._stop_agreement() if stop is not None else None
         try:
             while self.step < until:
@@ -228,6 +230,7 @@ class GEDITrainer:
                 if not (log or save):
                     continue
                 if recovery.rolled_back(values):
+                    self._write_log(log_file, self.history[-1])
                     bar.n = self.step
                     bar.refresh()
                     started, first = time.perf_counter(), self.step
@@ -242,6 +245,7 @@ class GEDITrainer:
                     seen = (self.step - first) * self.world_size * self.config.batch_size
                     record["samples_per_s"] = seen / (time.perf_counter() - started)
                     self.history.append(record)
+                    self._write_log(log_file, record)
                     if self.rank == 0:
                         bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
                         if log_lines:
@@ -260,6 +264,21 @@ class GEDITrainer:
         finally:
             bar.close()
         return self.history
+
+    def _continue_log(self) -> pathlib.Path:
+        """The run's log.jsonl, without the lines of steps after this one (a run resumed from its last
+        checkpoint retrains those steps and logs them again)."""
+        path = self.out / LOG_NAME
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= self.step]
+            path.write_text("".join(f"{line}\n" for line in kept))
+        return path
+
+    @staticmethod
+    def _write_log(path: pathlib.Path | None, record: dict) -> None:
+        if path is not None:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def _stop_agreement(self) -> Callable[[bool], bool]:
         """requested -> whether any rank requested a stop: the value itself for one process; under DDP a
@@ -459,3 +478,11 @@ class GEDITrainer:
         path.write_text(json.dumps({**scores, **speed, "config": dataclasses.asdict(self.config), "ran_with": ran_with},
                                    indent=2))
         return path
+
+
+def _logged_step(line: str) -> float:
+    """A log.jsonl line's step; a line that is not one (cut short by a crash) reads as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf

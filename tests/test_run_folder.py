@@ -2,6 +2,7 @@
 trains into a folder (a lock that a killed holder does not leave behind)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -82,3 +83,18 @@ def test_resume_auto_starts_then_continues_in_the_same_folder(tmp_path, one_thre
     assert main(["train", "--dataset", "moons", "--out", str(run), "--resume", "auto", *TINY[2:], "--steps", "4"]) == 0
     assert checkpoint.load(run / "checkpoint.pt")["step"] == 4
     assert torch.is_tensor(checkpoint.load(run / "checkpoint.pt")["model"]["head.weight"])
+
+
+def test_a_run_logs_every_log_step_to_log_jsonl_and_a_resume_does_not_repeat_steps(tmp_path, one_thread):
+    run = tmp_path / "run"
+    flags = ["--dataset", "moons", "--out", str(run), "--set", "hidden=8", "--set", "batch_size=16",
+             "--set", "sgld_steps=1", "--set", "buffer_size=32", "--set", "log_every=2"]
+    assert main(["train", *flags, "--steps", "6"]) == 0
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4, 6]
+    assert {"loss", "gen", "inv", "prior", "energy_reg", "samples_per_s"} <= set(lines[0])
+    with open(run / "log.jsonl", "a") as f:  # what a run killed after its step-6 checkpoint left behind
+        f.write(json.dumps({**lines[-1], "step": 8}) + "\n" + '{"step": 10, "lo')
+    assert main(["train", "--out", str(run), "--resume", "--steps", "8"]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8]
