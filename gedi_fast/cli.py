@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import pathlib
 import platform
@@ -14,7 +15,7 @@ import time
 import torch
 
 from gedi_fast import launch, run_folder, stopping
-from gedi_fast.config import SETTINGS, setting_types
+from gedi_fast.config import SETTINGS, SGLD_SETTINGS, setting_types
 from gedi_fast.data import DATASET_KINDS, LOADERS, DatasetUnavailable, load_dataset
 from gedi_fast.metrics import merge_into_metrics_json
 from gedi_fast.ood import record_ood, require_same_shape
@@ -60,6 +61,38 @@ def parse_settings(pairs: list[str]) -> dict:
 
 
 DATASET_CHOSEN = ("augmentation", "view_noise", "sgld_step_size", "sgld_noise")  # None: the dataset's choice
+
+
+def read_config_file(path: str) -> dict:
+    """Settings from a JSON or YAML file: a mapping of TrainConfig settings (fields, flat SGLD names or a
+    nested "sgld"), or a run's metrics.json, whose "config" entry reproduces that run."""
+    file = pathlib.Path(path)
+    try:
+        text = file.read_text()
+    except OSError as err:
+        raise ValueError(f"--config {path}: cannot read it ({err.strerror or err})") from None
+    if file.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"--config {path}: YAML needs PyYAML (pip install pyyaml); or write it as JSON") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--config {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    else:
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config {path} is not valid JSON ({err})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
+        loaded = loaded["config"]
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config {path} must hold a mapping of settings, got {type(loaded).__name__}")
+    unknown = sorted(set(loaded) - {*SETTINGS, "sgld"})
+    if unknown:
+        raise ValueError(f"--config {path}: unknown settings {', '.join(unknown)} (known: {', '.join(SETTINGS)}, sgld)")
+    return loaded
 
 
 def settings_help() -> str:
@@ -112,6 +145,8 @@ def train(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     resume = args.resume == "yes" or (args.resume == "auto" and GEDITrainer.has_checkpoint(out))
     changes = None
+    if resume and args.config:
+        raise ValueError(f"--config starts a new run; with --resume the run in {out} keeps its own settings")
     if resume:
         state, saved = GEDITrainer.saved_state(out)
         if args.steps is not None and args.steps < state["step"]:
@@ -120,10 +155,14 @@ def train(args: argparse.Namespace) -> int:
         changes = _resume_changes(args, saved)
         config = saved.with_settings(**changes)
     else:
-        options = dict(dataset=args.dataset or "moons", seed=args.seed or 0, device=args.device or "cpu",
-                       data_root=args.data_root)
-        options |= preset_settings(args.preset, DATASET_KINDS[options["dataset"]], options["device"])
-        options |= parse_settings(args.set)
+        options = read_config_file(args.config) if args.config else {}
+        given = dict(dataset=args.dataset, seed=args.seed, device=args.device, data_root=args.data_root)
+        options |= {key: value for key, value in given.items() if value is not None}
+        options = dict(dataset="moons", seed=0, device="cpu") | options
+        preset = preset_settings(args.preset, DATASET_KINDS[options["dataset"]], options["device"])
+        if "sgld" in options:  # a whole chain from the file: the preset's flat chain settings must not undo it
+            preset = {key: value for key, value in preset.items() if key not in SGLD_SETTINGS}
+        options = preset | options | parse_settings(args.set)
         if args.steps is not None:
             options["steps"] = args.steps
         config = TrainConfig.from_settings(**options)
@@ -303,6 +342,9 @@ def parser() -> argparse.ArgumentParser:
                           f"there is one, else start it, so one command line serves the first start and every "
                           f"restart (torchrun --max-restarts). A resumed run keeps its dataset, seed and settings "
                           f"except {', '.join(RESUME_CHANGEABLE)}")
+    run.add_argument("--config", metavar="FILE",
+                     help="settings from a JSON or YAML file (a mapping of --set keys, or a run's metrics.json to "
+                          "train that run again); --dataset, --seed, --device, --set and --steps override it")
     run.add_argument("--overwrite", action="store_true",
                      help="start a new run in an --out that holds one, removing its checkpoints and metrics "
                           "(without it, such an --out is refused)")

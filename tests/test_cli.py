@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from gedi_fast import checkpoint
 from gedi_fast.cli import main
 from gedi_fast.config import SETTINGS
 
@@ -186,3 +187,53 @@ def test_set_takes_booleans():
     assert parse_settings(["tf32=false", "cuda_graph=True"]) == {"tf32": False, "cuda_graph": True}
     with pytest.raises(ValueError, match="--set tf32 expects true or false, got '1'"):
         parse_settings(["tf32=1"])
+
+
+def test_config_file_reproduces_a_run_and_flags_override_it(tmp_path, capsys):
+    first = tmp_path / "first"
+    flags = ["--set", "hidden=8", "--set", "batch_size=16", "--set", "sgld_steps=1", "--set", "buffer_size=32",
+             "--set", "lr=0.002"]
+    assert main(["train", "--dataset", "blobs", "--seed", "3", "--steps", "4", "--out", str(first), *flags]) == 0
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(first / "metrics.json"), "--out", str(again)]) == 0
+    a, b = (checkpoint.load(run / "checkpoint.pt") for run in (first, again))
+    assert a["config"] == b["config"]
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"dataset": "moons", "hidden": 8, "batch_size": 16, "sgld_steps": 1,
+                                    "buffer_size": 32, "steps": 9, "temperature": 0.2}))
+    assert main(["train", "--config", str(settings), "--out", str(tmp_path / "c"), "--set", "hidden=16",
+                 "--steps", "2", "--seed", "5"]) == 0
+    saved = checkpoint.load(tmp_path / "c" / "checkpoint.pt")["config"]
+    assert (saved["dataset"], saved["hidden"], saved["steps"], saved["seed"], saved["temperature"]) == (
+        "moons", 16, 2, 5, 0.2)
+    assert saved["sgld"]["steps"] == 1 and saved["sgld"]["buffer_size"] == 32
+    capsys.readouterr()
+
+
+def test_config_file_in_yaml(tmp_path):
+    pytest.importorskip("yaml")
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("dataset: moons\nhidden: 8\nbatch_size: 16\nsgld_steps: 1\nbuffer_size: 32\nsteps: 2\n")
+    assert main(["train", "--config", str(settings), "--out", str(tmp_path / "run")]) == 0
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["config"]["hidden"] == 8
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"colour": "red"}', "unknown settings colour"),
+    ('{"hidden": ', "is not valid JSON"),
+    ('[1, 2]', "must hold a mapping of settings, got list"),
+])
+def test_bad_config_files_are_one_clear_line(tmp_path, capsys, content, message):
+    settings = tmp_path / "settings.json"
+    settings.write_text(content)
+    assert main(["train", "--config", str(settings), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"--config {settings}" in err and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+    assert main(["train", "--config", str(tmp_path / "missing.json"), "--out", str(tmp_path / "run")]) == 2
+    assert "cannot read it" in capsys.readouterr().err
+    assert main(["train", "--config", str(settings), "--out", str(tmp_path), "--resume"]) == 2
+    assert "--config starts a new run" in capsys.readouterr().err
