@@ -67,11 +67,11 @@ def test_sinkhorn_at_the_edge(gen, backend, dtype, batch, clusters):
 @pytest.mark.parametrize("backend", LOSS_BACKENDS)
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 @pytest.mark.parametrize("where", [0, 1, 2])
-def test_nan_or_inf_logits_give_nan_loss_without_check(gen, backend, value, where):
+def test_nan_or_inf_logits_give_a_non_finite_loss_without_check(gen, backend, value, where):
     z = [torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen), torch.randn(2, 4, generator=gen)]
     z[where][1, 2] = value
     for assignment in ASSIGNMENTS:
-        assert math.isnan(GEDILoss(backend=backend, assignment=assignment)(*z).item())
+        assert not math.isfinite(GEDILoss(backend=backend, assignment=assignment)(*z).item())
     with pytest.raises(ValueError, match=f"{('z1', 'z2', 'zn')[where]} must be finite"):
         GEDILoss(backend=backend, check_finite=True)(*z)
     # Sinkhorn: NaN where the bad score is (the reference makes every row NaN, the kernels need not).
@@ -88,6 +88,76 @@ def test_minus_inf_logit_is_a_cluster_of_probability_zero(backend):
     assert torch.isfinite(loss)
     q = sinkhorn_knopp(torch.tensor([[0.0, -math.inf], [0.0, 0.0]]), backend=backend)
     assert q[0, 1] == 0 and torch.isfinite(q).all()
+
+
+def masked_views(gen: torch.Generator, column: bool) -> list[torch.Tensor]:
+    """Views of 7 x 5 and samples of 3 x 5 with cluster 2 masked by -inf: in one row of both views and of
+    the samples, or (column) in every view and sample row."""
+    z = [torch.randn(7, 5, generator=gen) * 3, torch.randn(7, 5, generator=gen) * 3, torch.randn(3, 5, generator=gen)]
+    for logits in z:
+        if column:
+            logits[:, 2] = -math.inf
+        else:
+            logits[1, 2] = -math.inf
+    return z
+
+
+@pytest.mark.parametrize("backend", LOSS_BACKENDS)
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+@pytest.mark.parametrize("column", [False, True], ids=["entry", "column"])
+def test_a_masked_cluster_gives_the_formulas_value_never_nan(gen, backend, assignment, column):
+    """-inf is the limit of a very negative logit: the terms equal the float64 formula on -1e4 there (whose
+    probabilities underflow to exactly 0), so 0 log 0 counts 0. A whole masked column makes the prior +inf,
+    as the formula does (the uniform prior puts mass on a cluster of probability 0); nothing is NaN."""
+    z = [t.requires_grad_(True) for t in masked_views(gen, column)]
+    loss_fn = GEDILoss(backend=backend, assignment=assignment, energy_reg=0.1)
+    loss, terms = loss_fn(*z, return_terms=True)
+    # Sinkhorn would balance mass onto any finite column however low, so a column masked in every row
+    # is no limit of finite ones there: it is left out of the balancing (documented), and the float64
+    # reference on the masked input itself is the oracle.
+    left_out = column and assignment == "sinkhorn"
+    limit = [t.detach().double() if left_out else t.detach().double().nan_to_num(neginf=-1e4) for t in z]
+    expected = reference.gedi_terms(*limit, loss_fn.temperature, assignment=assignment,
+                                    sinkhorn_eps=loss_fn.sinkhorn_eps, sinkhorn_iters=loss_fn.sinkhorn_iters)
+    for name in ("gen", "inv", "energy_reg", "cluster_entropy"):
+        assert torch.isfinite(terms[name]), name
+        torch.testing.assert_close(terms[name].double(), expected[name], rtol=1e-5, atol=1e-5)
+    assert not math.isnan(loss.item())
+    if column:
+        assert terms["prior"].item() == math.inf and loss.item() == math.inf
+        assert expected["prior"].item() > 1e4  # at -1e4 already; it grows without bound as the logit falls
+        return
+    torch.testing.assert_close(terms["prior"].double(), expected["prior"], rtol=1e-5, atol=1e-5)
+    loss.backward()
+    for logits in z:
+        assert torch.isfinite(logits.grad).all()
+        assert (logits.grad[1, 2] == 0).all()  # a cluster of probability 0 gets no gradient
+
+
+@pytest.mark.parametrize("backend", LOSS_BACKENDS)
+def test_sinkhorn_leaves_a_cluster_masked_in_every_row_out(gen, backend):
+    scores = torch.randn(7, 5, generator=gen) * 4
+    scores[:, 2] = -math.inf
+    q = sinkhorn_knopp(scores, eps=0.05, iters=3, backend=backend)
+    kept = sinkhorn_knopp(scores[:, [0, 1, 3, 4]].double(), eps=0.05, iters=3, backend="torch")
+    assert (q[:, 2] == 0).all() and torch.isfinite(q).all()
+    torch.testing.assert_close(q[:, [0, 1, 3, 4]].double(), kept, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", LOSS_BACKENDS)
+def test_sinkhorn_stays_finite_while_scores_over_eps_fit_in_fp32(gen, backend):
+    scores = (torch.rand(6, 5, generator=gen) * 2 - 1) * 1e36  # / eps = 1e38, below fp32's 3.4e38
+    q = sinkhorn_knopp(scores, eps=0.01, backend=backend)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(1), torch.ones(6), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", LOSS_BACKENDS)
+def test_a_term_of_weight_zero_cannot_make_the_loss_nan(backend):
+    """Logits of 1e19 square to an fp32 overflow in energy_reg; at weight 0 it is left out, not 0 * inf."""
+    z = torch.full((4, 3), 1e19)
+    loss, terms = GEDILoss(backend=backend, energy_reg=0.0)(z, z, z, return_terms=True)
+    assert terms["energy_reg"].item() == math.inf and math.isfinite(loss.item())
 
 
 def test_nan_propagates_through_sgld_and_buffer_draw():

@@ -117,6 +117,12 @@ def _merge_max_sum(m_a, s_a, m_b, s_b):
 
 
 @triton.jit
+def _weighted(weight, term):
+    """weight * term, and 0 for weight 0 even when the term overflowed (as reference.weighted_loss)."""
+    return tl.where(weight != 0, weight * term, 0.0)
+
+
+@triton.jit
 def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS: tl.constexpr):
     """A tile's contribution to cross1 = sum t2 log q1, cross2 = sum t1 log q2, and its column summaries."""
     lq1 = s1 - lse1[:, None]
@@ -125,8 +131,8 @@ def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS: tl
         w1 = tl.exp(lq1)
         w2 = tl.exp(lq2)
     valid = row_ok[:, None] & col_ok[None, :]
-    cross1 = tl.sum(tl.where(valid, w2 * lq1, 0.0), 1)
-    cross2 = tl.sum(tl.where(valid, w1 * lq2, 0.0), 1)
+    cross1 = tl.sum(tl.where(valid, w2 * tl.where(w2 > 0, lq1, 0.0), 0.0), 1)  # 0 log 0 = 0: a -inf cluster
+    cross2 = tl.sum(tl.where(valid, w1 * tl.where(w1 > 0, lq2, 0.0), 0.0), 1)
     lq1 = tl.where(valid, lq1, float("-inf"))
     lq2 = tl.where(valid, lq2, float("-inf"))
     col_max = tl.maximum(tl.max(lq1, 0), tl.max(lq2, 0))
@@ -271,7 +277,7 @@ def _finalize_kernel(
             col_max, col_logsum = _load_columns(columns, K, cols, col_ok)
         lp = col_max + col_logsum - log_rows
         log_sum += tl.where(col_ok, lp, 0.0)
-        entropy -= tl.where(col_ok, tl.exp(lp) * lp, 0.0)
+        entropy -= tl.where(col_ok & (lp > float("-inf")), tl.exp(lp) * lp, 0.0)
     n_views = 2.0 * B
     energy_data = -tl.sum(lse_sum, 0) / n_views
     has_samples = M > 0
@@ -281,7 +287,8 @@ def _finalize_kernel(
     energy_reg = tl.sum(lse_sq, 0) / n_views + tl.sum(n_sq, 0) / samples
     inv = -tl.sum(cross, 0) / n_views
     prior = -tl.log((K * 1.0)) - tl.sum(log_sum, 0) / K
-    tl.store(terms + _LOSS_SLOT, w_gen * gen + w_inv * inv + w_prior * prior + w_ereg * energy_reg)
+    tl.store(terms + _LOSS_SLOT, _weighted(w_gen, gen) + _weighted(w_inv, inv) + _weighted(w_prior, prior)
+             + _weighted(w_ereg, energy_reg))
     tl.store(terms + _GEN_SLOT, gen)
     tl.store(terms + _INV_SLOT, inv)
     tl.store(terms + _PRIOR_SLOT, prior)
@@ -336,8 +343,8 @@ def _bwd_views_tile(
         ds1 += inv_scale * (w2 - q1 * t2_sum[:, None])
         ds2 += inv_scale * (w1 - q2 * t1_sum[:, None])
     else:
-        ds1 += inv_scale * ((q2 - q1) + q1 * (lq2 - cross2[:, None]))
-        ds2 += inv_scale * ((q1 - q2) + q2 * (lq1 - cross1[:, None]))
+        ds1 += inv_scale * ((q2 - q1) + q1 * tl.where(q1 > 0, lq2 - cross2[:, None], 0.0))
+        ds2 += inv_scale * ((q1 - q2) + q2 * tl.where(q2 > 0, lq1 - cross1[:, None], 0.0))
     return ds1, ds2
 
 

@@ -19,6 +19,12 @@ TERM_VECTOR = ("loss", *TERM_NAMES, *DIAGNOSTIC_NAMES)
 ASSIGNMENTS = ("softmax", "sinkhorn")
 
 
+def _times_log(t: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """t * log_q with 0 log 0 = 0 (and no NaN in the gradient there): a -inf logit is a cluster of
+    probability 0, and its entries add nothing to a cross-entropy or an entropy."""
+    return t * torch.where(t > 0, log_q, torch.zeros_like(log_q))
+
+
 def gedi_statistics(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -40,8 +46,8 @@ def gedi_statistics(
         "lse1": lse1,
         "lse2": lse2,
         "lse_n": None if zn is None else -energy(zn, temperature),
-        "cross1": (t2 * log_q1).sum(1),
-        "cross2": (t1 * log_q2).sum(1),
+        "cross1": _times_log(t2, log_q1).sum(1),
+        "cross2": _times_log(t1, log_q2).sum(1),
         "log_columns": torch.logsumexp(torch.cat([log_q1, log_q2]), dim=0),
     }
 
@@ -95,7 +101,7 @@ def terms_from_sums(sums: dict[str, torch.Tensor | int | None]) -> dict[str, tor
         "energy_reg": energy_reg,
         "energy_data": energy_data.detach(),
         "energy_neg": energy_neg.detach(),
-        "cluster_entropy": -(log_pbar.exp() * log_pbar).sum().detach(),
+        "cluster_entropy": -_times_log(log_pbar.exp(), log_pbar).sum().detach(),
     }
 
 
@@ -219,5 +225,7 @@ def gedi_gradients(
 
 
 def weighted_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    """sum over TERM_NAMES of weights[name] * terms[name]."""
-    return sum(weights[name] * terms[name] for name in TERM_NAMES)  # type: ignore[return-value]
+    """sum over TERM_NAMES of weights[name] * terms[name]; a term of weight 0 is left out, not multiplied by
+    0, so that it cannot turn the loss into NaN when it overflows (0 * inf)."""
+    weighted = [weights[name] * terms[name] for name in TERM_NAMES if weights[name] != 0]
+    return sum(weighted[1:], weighted[0]) if weighted else terms["inv"] * 0.0
