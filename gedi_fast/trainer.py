@@ -268,6 +268,7 @@ class GEDITrainer:
     def _continue_log(self) -> pathlib.Path:
         """The run's log.jsonl, without the lines of steps after this one (a run resumed from its last
         checkpoint retrains those steps and logs them again)."""
+        self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / LOG_NAME
         if path.exists():
             kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= self.step]
