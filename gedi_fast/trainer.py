@@ -196,6 +196,7 @@ class GEDITrainer:
         `stop` is polled after every step (the CLI passes a signal's StopRequest): once it says True the
         run checkpoints the step it finished and returns early, with `stopped_at` set to that step.
         Under DDP the ranks agree (a max over a CPU flag, every step), so all stop at the same step.
+        Rank 0 appends every log record and rollback to the run folder's log.jsonl.
 
         progress=True shows a tqdm bar with the latest loss (the CLI asks for one on a terminal);
         log_lines=True prints a line per log step to stderr instead (step, terms, samples/s, ETA: the
