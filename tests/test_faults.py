@@ -19,7 +19,7 @@ import uuid
 import pytest
 import torch
 
-from gedi_fast import checkpoint
+from gedi_fast import checkpoint, run_folder
 from gedi_fast.cli import main
 from gedi_fast.trainer import CHECKPOINT_NAME
 
@@ -41,7 +41,8 @@ def _assert_same_run(a: dict, b: dict) -> None:
 
 
 def _no_temporary_files(out: pathlib.Path) -> bool:
-    return not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    """Nothing half-written: the run folder's only hidden file is its lock."""
+    return not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != run_folder.LOCK_NAME]
 
 
 def test_resume_auto_starts_a_run_then_continues_it_with_the_same_command_line(tmp_path, capsys):
