@@ -4,18 +4,20 @@ PIP := $(PYTHON) -m pip
 OUT ?= gpu-results
 BENCH_OUT ?= .benchmarks/latest
 BUILD_STAMP := .build-stamp
-BUILD_INPUTS := setup.py pyproject.toml $(wildcard csrc/*)
+BUILD_INPUTS := setup.py pyproject.toml $(wildcard csrc/*) $(wildcard build_backend/*.py)
+export IS_THIS_CHECKOUT := import gedi_fast._C, os, sys; sys.exit(not os.path.samefile(os.path.dirname(gedi_fast.__file__), os.path.join(sys.argv[1], "gedi_fast")))
 
 .PHONY: install test bench demo gpu-check compat clean
 
 # Dependencies (torch only when it is not importable) and an editable build of gedi_fast._C, redone
-# when the build inputs' contents, the interpreter or torch changed, or the extension does not import.
+# when the build inputs' contents, the interpreter or torch changed, or when gedi_fast imported from
+# outside this folder is not this checkout's (another clone's editable install) or has no extension.
 # The stamp holds a hash of those, not a time: a tarball or checkout gives files any times, and the
 # stamp is never committed.
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	@want="$$(cat $(BUILD_INPUTS) | sha256sum | cut -c1-32) $$($(PYTHON) -c 'import sys, torch; print(sys.executable, torch.__version__)')"; \
-	if [ "$$(cat $(BUILD_STAMP) 2>/dev/null)" = "$$want" ] && $(PYTHON) -c "import gedi_fast._C" 2>/dev/null; then \
+	if [ "$$(cat $(BUILD_STAMP) 2>/dev/null)" = "$$want" ] && (cd / && $(PYTHON) -c "$$IS_THIS_CHECKOUT" "$(CURDIR)") 2>/dev/null; then \
 	  echo "gedi_fast is built and current"; \
 	else \
 	  $(PIP) install -q "setuptools>=70.1" wheel ninja && \

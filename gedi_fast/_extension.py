@@ -5,8 +5,8 @@ try:
     from gedi_fast import _C
 except ImportError as err:
     raise ImportError(
-        f"gedi_fast's compiled extension gedi_fast._C could not be imported ({err}); build it with "
-        "`pip install -e . --no-build-isolation` from the repository root"
+        f"gedi_fast's compiled extension gedi_fast._C could not be imported ({err}); build it, or "
+        "rebuild it after a torch upgrade, with `pip install -e .` from the repository root"
     ) from err
 
 CUDA_KERNELS_BUILT: bool = bool(_C.WITH_CUDA)

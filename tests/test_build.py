@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -146,6 +147,13 @@ def test_make_install_rebuilds_on_content_not_file_times(tmp_path):
     os.utime(tmp_path / ".build-stamp", (old, old))  # a stamp older than every input, contents current
     assert install() == []
     assert len(install(STUB_IMPORT_RC="1")) == 1  # the extension does not import: build
+
+
+def test_make_install_rebuilds_when_python_imports_another_checkouts_gedi_fast(tmp_path):
+    """The stamp alone would pass while gedi_fast resolves to another clone's editable install."""
+    snippet = re.search(r"^export IS_THIS_CHECKOUT := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert subprocess.run([sys.executable, "-c", snippet, str(ROOT)], cwd=tmp_path).returncode == 0
+    assert subprocess.run([sys.executable, "-c", snippet, str(tmp_path)], cwd=tmp_path).returncode != 0
 
 
 def test_license_and_type_hints_ship_with_the_package():
