@@ -1,11 +1,15 @@
-"""Crash-safe checkpoints: written atomically with a checksum, the previous one kept as a fallback.
+"""Crash-safe checkpoints: plain torch.save files with a digest inside, written atomically, the
+previous one kept as a fallback.
 
-A file is MAGIC, the payload's sha256 and length, then the payload (torch.save's bytes). `save_atomic`
-writes a temporary file beside the target and fsyncs it, links the current checkpoint (when it
-verifies) to `previous_path(path)`, then renames the new one over `path`: every rename is atomic, so
-a crash at any point leaves `path` holding a complete checkpoint, old or new. `load` verifies the
-checksum; `load_latest` falls back to the previous checkpoint, with a warning, when the newest is
-missing, truncated or corrupt (a disk fault, or a copy cut short).
+A checkpoint opens with plain `torch.load(path)` (weights_only, the default, suffices): a dict holding
+the state and, under INTEGRITY_KEY, the format version and a sha256 of the state's contents (every
+tensor's dtype, shape and bytes, every key and value, in a fixed order), which `load` recomputes.
+`save_atomic` writes a temporary file beside the target and fsyncs it, links the current checkpoint
+(when it verifies) to `previous_path(path)`, then renames the new one over `path`: every rename is
+atomic, so a crash at any point leaves `path` holding a complete checkpoint, old or new. `load_latest`
+falls back to the previous checkpoint, with a warning, when the newest is missing, truncated or corrupt
+(a disk fault, or a copy cut short). Files of the earlier formats still load: a MAGIC header with the
+payload's sha256 before torch.save's bytes, and before that torch.save's bytes alone.
 """
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ import warnings
 
 import torch
 
-MAGIC = b"GEDICKP1"
-_HEADER = struct.Struct(f"<{len(MAGIC)}s32sQ")  # magic, sha256 of the payload, payload length
+INTEGRITY_KEY = "gedi_fast_checkpoint"
+FORMAT_VERSION = 2
+MAGIC = b"GEDICKP1"  # format 1: this, the payload's sha256 and length, then torch.save's bytes
+_HEADER = struct.Struct(f"<{len(MAGIC)}s32sQ")
 _TEMP_SUFFIX = ".tmp"
 
 
@@ -48,17 +54,16 @@ def save_atomic(state: dict, path: str | os.PathLike, keep_previous: bool = True
     for name in (path.name, previous.name):
         for stale in path.parent.glob(f".{name}.*{_TEMP_SUFFIX}"):
             stale.unlink(missing_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getbuffer()
+    if INTEGRITY_KEY in state:
+        raise ValueError(f"state must not hold the key {INTEGRITY_KEY!r}: the checkpoint's digest goes there")
+    stamped = {**state, INTEGRITY_KEY: {"format": FORMAT_VERSION, "sha256": content_digest(state)}}
     tmp, tmp_previous = _temporary(path), _temporary(previous)
     try:
         with open(tmp, "xb") as f:
-            f.write(_HEADER.pack(MAGIC, hashlib.sha256(payload).digest(), len(payload)))
-            f.write(payload)
+            torch.save(stamped, f)
             f.flush()
             os.fsync(f.fileno())
-        if keep_previous and path.is_file() and _verified_payload(path, raise_errors=False) is not None:
+        if keep_previous and path.is_file() and _verifies(path):
             try:
                 os.link(path, tmp_previous)
             except OSError:  # a filesystem without hard links
@@ -73,7 +78,7 @@ def save_atomic(state: dict, path: str | os.PathLike, keep_previous: bool = True
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The state saved at `path`, after checking its length and checksum.
+    """The state saved at `path`, after checking its digest (without INTEGRITY_KEY).
 
     FileNotFoundError when there is no file; CheckpointError (a ValueError) naming the file and what
     is wrong when it is truncated, corrupt or not a checkpoint.
@@ -81,14 +86,52 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    payload = _verified_payload(path, raise_errors=True)
+    data = path.read_bytes()
+    payload = _format_one_payload(path, data) if data.startswith(MAGIC) else data
+    if not payload.startswith(b"PK"):
+        truncated = len(data) < len(MAGIC) and MAGIC.startswith(data)
+        problem = "is truncated" if truncated else "is not a gedi_fast checkpoint (not a torch.save file)"
+        raise CheckpointError(f"checkpoint {path} {problem}")
     try:
-        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated: {err}") from err
+        raise CheckpointError(f"checkpoint {path} is truncated or unreadable: {str(err).splitlines()[0]}") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a gedi_fast checkpoint: it holds a {type(state).__name__}, not a dict")
+    stamp = state.pop(INTEGRITY_KEY, None)
+    if stamp is not None and (not isinstance(stamp, dict) or stamp.get("sha256") != content_digest(state)):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match the sha256 stored in it")
     return state
+
+
+def content_digest(state: dict) -> str:
+    """sha256 of the state's contents, independent of how torch.save lays them out: keys in sorted
+    order, tensors as dtype, shape and bytes. TypeError for a value a checkpoint does not store."""
+    digest = hashlib.sha256()
+    _feed(digest, state)
+    return digest.hexdigest()
+
+
+def _feed(digest: "hashlib._Hash", value: object) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
+            _feed(digest, key)
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)}".encode())
+        for item in value:
+            _feed(digest, item)
+    elif value is None or isinstance(value, (bool, int, str)):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, float):
+        digest.update(f"float:{value.hex()};".encode())
+    else:
+        raise TypeError(f"a checkpoint stores tensors, numbers, strings, None, lists and dicts; got a {type(value).__name__}")
 
 
 def require_keys(state: dict, keys: tuple[str, ...], path: str | os.PathLike) -> dict:
@@ -120,29 +163,26 @@ def load_latest(path: str | os.PathLike, map_location: str | torch.device = "cpu
         return state
 
 
-def _verified_payload(path: pathlib.Path, raise_errors: bool) -> bytes | None:
-    """The payload of a checkpoint file whose length and sha256 match its header (legacy files, plain
-    torch.save output without the header, are returned whole); None or CheckpointError otherwise."""
-    data = path.read_bytes()
-    if not data.startswith(MAGIC):
-        if data.startswith(b"PK"):  # a checkpoint written before the header existed (torch's zip format)
-            return data
-        truncated = len(data) < len(MAGIC) and MAGIC.startswith(data)
-        problem = "is truncated" if truncated else "is not a gedi_fast checkpoint (it does not start with one's header)"
-    elif len(data) < _HEADER.size:
-        problem = f"is truncated: {len(data)} bytes, shorter than its header"
-    else:
-        _, digest, length = _HEADER.unpack_from(data)
-        payload = data[_HEADER.size:]
-        if len(payload) != length:
-            problem = f"is truncated: its header promises {length} bytes of state, the file holds {len(payload)}"
-        elif hashlib.sha256(payload).digest() != digest:
-            problem = "is corrupt: its sha256 checksum does not match"
-        else:
-            return payload
-    if raise_errors:
-        raise CheckpointError(f"checkpoint {path} {problem}")
-    return None
+def _verifies(path: pathlib.Path) -> bool:
+    try:
+        load(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _format_one_payload(path: pathlib.Path, data: bytes) -> bytes:
+    """torch.save's bytes from a format-1 file, after checking its header's length and sha256."""
+    if len(data) < _HEADER.size:
+        raise CheckpointError(f"checkpoint {path} is truncated: {len(data)} bytes, shorter than its header")
+    _, digest, length = _HEADER.unpack_from(data)
+    payload = data[_HEADER.size:]
+    if len(payload) != length:
+        raise CheckpointError(f"checkpoint {path} is truncated: its header promises {length} bytes of state, "
+                              f"the file holds {len(payload)}")
+    if hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 checksum does not match")
+    return payload
 
 
 def _temporary(path: pathlib.Path) -> pathlib.Path:

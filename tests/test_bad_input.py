@@ -218,6 +218,11 @@ def flip(data: bytes) -> bytes:
     return data[:-9] + bytes([data[-9] ^ 0xFF]) + data[-8:]
 
 
+def flip_inside(data: bytes, part: bytes) -> bytes:
+    at = data.index(part) + len(part) // 2
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
 FILES = [
     ("fashion-mnist truncated", ValueError, lambda tmp: fashion_files(tmp, cut), "fashion-mnist"),
     ("fashion-mnist corrupt", ValueError, lambda tmp: fashion_files(tmp, flip), "fashion-mnist"),
@@ -246,7 +251,8 @@ def test_bad_dataset_files_name_the_dataset_and_file(tmp_path, case, error, make
 
 CHECKPOINTS = [
     ("truncated", cut, "is truncated"),
-    ("bit flip", flip, "checksum does not match"),
+    ("bit flip in a key", lambda b: flip_inside(b, b"step"), "is truncated or unreadable"),
+    ("bit flip in a tensor", lambda b: flip_inside(b, torch.arange(1000).numpy().tobytes()), "do not match the sha256"),
     ("empty", lambda b: b"", "is truncated"),
     ("not a checkpoint", lambda b: b"hello, this is not a checkpoint file" * 3, "not a gedi_fast checkpoint"),
     ("header only", lambda b: b[:48], "is truncated"),

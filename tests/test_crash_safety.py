@@ -2,6 +2,8 @@
 corrupt, and a run killed with SIGKILL that resumes to the same parameters as an unbroken run."""
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -28,13 +30,22 @@ def test_each_save_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_path)
     assert checkpoint.load_latest(path)["step"] == 2
 
 
+def flip_a_bit_of(path, tensor: torch.Tensor) -> None:
+    """Corrupt `tensor`'s stored bytes in place: what a disk fault does, which torch.load does not notice."""
+    data, stored = bytearray(path.read_bytes()), tensor.numpy().tobytes()
+    at = data.index(stored) + len(stored) // 2
+    data[at] ^= 1
+    path.write_bytes(bytes(data))
+
+
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     path = tmp_path / "c.pt"
     for step in (1, 2):
-        checkpoint.save_atomic({"step": step}, path)
-    data = path.read_bytes()
-    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    with pytest.warns(RuntimeWarning, match=r"checksum does not match; using the previous checkpoint .*c\.prev\.pt"):
+        checkpoint.save_atomic({"step": step, "x": torch.full((64,), 7.0 + step)}, path)
+    flip_a_bit_of(path, torch.full((64,), 9.0))
+    assert torch.load(path)["x"][32] != 9.0  # the damage loads without complaint
+    with pytest.warns(RuntimeWarning, match=r"do not match the sha256 stored in it; using the previous checkpoint "
+                                            r".*c\.prev\.pt"):
         assert checkpoint.load_latest(path)["step"] == 1
     checkpoint.previous_path(path).write_bytes(b"")
     both_bad = "no usable checkpoint: .*c.pt is corrupt.*c.prev.pt is truncated"
@@ -76,6 +87,51 @@ def test_checkpoints_from_before_the_checksum_still_load(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"step": 7}, path)
     assert checkpoint.load(path)["step"] == 7
+
+
+def write_format_one(path, state: dict) -> None:
+    """The format of the checkpoints written before they opened with torch.load: a header, then the bytes."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    path.write_bytes(checkpoint._HEADER.pack(checkpoint.MAGIC, hashlib.sha256(payload).digest(), len(payload)) + payload)
+
+
+def test_checkpoints_with_the_format_one_header_still_load_and_are_still_checked(tmp_path):
+    path = tmp_path / "one.pt"
+    write_format_one(path, {"step": 3, "x": torch.full((64,), 5.0)})
+    assert checkpoint.load(path)["step"] == 3
+    flip_a_bit_of(path, torch.full((64,), 5.0))
+    with pytest.raises(checkpoint.CheckpointError, match="sha256 checksum does not match"):
+        checkpoint.load(path)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(checkpoint.CheckpointError, match="is truncated: its header promises"):
+        checkpoint.load(path)
+
+
+def test_a_checkpoint_opens_with_plain_torch_load_and_carries_its_digest(tmp_path):
+    path = tmp_path / "c.pt"
+    state = {"step": 4, "nested": {2: [1.5, None, "a"], "t": torch.arange(5, dtype=torch.int16)}}
+    checkpoint.save_atomic(state, path)
+    opened = torch.load(path)  # weights_only=True, torch's safe default
+    stamp = opened.pop(checkpoint.INTEGRITY_KEY)
+    assert stamp == {"format": checkpoint.FORMAT_VERSION, "sha256": checkpoint.content_digest(state)}
+    assert opened["step"] == 4 and torch.equal(opened["nested"]["t"], state["nested"]["t"])
+    assert checkpoint.load(path).keys() == state.keys()
+
+
+def test_the_digest_covers_contents_not_layout():
+    state = {"a": torch.ones(3), "b": [1, 2.0, "x", None, True]}
+    same = {"b": [1, 2.0, "x", None, True], "a": torch.ones(3)}
+    assert checkpoint.content_digest(state) == checkpoint.content_digest(same)
+    for changed in ({**state, "a": torch.ones(3, dtype=torch.float64)}, {**state, "a": torch.ones(1, 3)},
+                    {**state, "b": [1, 2.0, "x", None, 1]}, {**state, "b": [1.0, 2.0, "x", None, True]},
+                    {**state, "a": torch.tensor([1.0, 1.0, 1.0 + 2**-23])}):
+        assert checkpoint.content_digest(changed) != checkpoint.content_digest(state)
+    with pytest.raises(TypeError, match="got a object"):
+        checkpoint.content_digest({"x": object()})
+    with pytest.raises(ValueError, match=checkpoint.INTEGRITY_KEY):
+        checkpoint.save_atomic({checkpoint.INTEGRITY_KEY: 1}, "unused.pt")
 
 
 def test_trainer_resumes_from_the_previous_checkpoint_when_the_newest_is_corrupt(tmp_path):
@@ -128,6 +184,7 @@ def test_sigkill_mid_training_then_resume_equals_an_unbroken_run(tmp_path):
     unbroken.train()
     final = checkpoint.load(newest)
     assert final["step"] == steps
+    assert torch.load(newest)["step"] == steps  # a training checkpoint opens with plain torch.load too
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [run_folder.LOCK_NAME]  # no temporary file
     for name, value in unbroken.model.state_dict().items():
         assert torch.equal(final["model"][name], value), name
