@@ -28,8 +28,8 @@ DEFAULT_SGLD = {"steps": 20, "buffer_size": 10_000, "reinit_prob": 0.05}
 # Which config fields a resumed run may change: how long it trains, how it logs and checkpoints, and
 # where and in which arithmetic it runs (a run moved to a machine without native bf16 goes on in fp32),
 # never what it computes.
-RESUME_CHANGEABLE = ("steps", "log_every", "checkpoint_every", "max_retries", "max_energy", "device", "compile_step",
-                     "collective_timeout", "precision", "memory_format")
+RESUME_CHANGEABLE = ("steps", "log_every", "tensorboard", "checkpoint_every", "max_retries", "max_energy", "device",
+                     "compile_step", "collective_timeout", "precision", "memory_format")
 _SGLD_FIELDS = {f.name: f.type for f in dataclasses.fields(SGLDConfig)}
 
 
@@ -91,6 +91,7 @@ class TrainConfig:
     sgld: dict = field(default_factory=lambda: dict(DEFAULT_SGLD))  # SGLDConfig fields over the dataset's
     sgld_samples: int = 64  # SGLD negatives per step (and rank): the chain's cost scales with it
     log_every: int = 100
+    tensorboard: bool = True  # rank 0 also logs to OUT/tensorboard/ where tensorboard is installed (run_log)
     checkpoint_every: int = 500
     max_energy: float = 1e4
     max_retries: int = 3
@@ -127,7 +128,7 @@ class TrainConfig:
         require_real(self.max_energy, "max_energy", positive=True)
         require_real(self.collective_timeout, "collective_timeout", positive=True)
         require_int(self.max_retries, "max_retries", minimum=0)
-        for name in ("cuda_graph", "tf32", "compile_step"):
+        for name in ("cuda_graph", "tf32", "compile_step", "tensorboard"):
             require_bool(getattr(self, name), name)
         try:
             torch.device(self.device)

@@ -26,6 +26,7 @@ FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 # (docs/DESIGN.md): tau 0.5 on standardised vectors, the setting the triad measured; JEM's step 1 / noise
 # 0.01 on images in [-1, 1], tau 5e-5, a near-deterministic descent of the energy.
 SGLD_DEFAULTS = {"vector": (0.01, 0.1), "image": (1.0, 0.01)}
+PIXEL_OFFSET = PIXEL_SCALE = 127.5  # 8-bit pixel values 0..255 to [-1, 1]
 T = TypeVar("T")
 
 
@@ -48,6 +49,10 @@ class Dataset:
     augmentation: str = "jitter"
     view_noise: float = 0.15
     pixels: tuple[int, int] | None = None  # (H, W) when vector rows are flattened grey images (plots)
+    # How the data's raw values became these inputs, input = (raw - input_offset) / input_scale (per
+    # feature for vectors): a trained run applies the same to new data (gedi_fast.clusterer).
+    input_offset: float | torch.Tensor = 0.0
+    input_scale: float | torch.Tensor = 1.0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -78,7 +83,8 @@ def _vectors(name: str, x: np.ndarray, y: np.ndarray, seed: int, test_fraction: 
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return Dataset(name, "vector", as_tensor((train_x - mean) / std), as_tensor(train_y),
-                   as_tensor((test_x - mean) / std), as_tensor(test_y), int(y.max()) + 1, **views)
+                   as_tensor((test_x - mean) / std), as_tensor(test_y), int(y.max()) + 1, **views,
+                   input_offset=as_tensor(mean), input_scale=as_tensor(std))
 
 
 def _images(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
@@ -90,11 +96,11 @@ def _images(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndar
             images = images[:, None]
         elif images.shape[-1] in (1, 3):
             images = images.transpose(0, 3, 1, 2)
-        return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 127.5 - 1.0)
+        return torch.from_numpy((np.ascontiguousarray(images, dtype=np.float32) - PIXEL_OFFSET) / PIXEL_SCALE)
 
     labels = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64).reshape(-1))  # noqa: E731
     return Dataset(name, "image", convert(train_x), labels(train_y), convert(test_x), labels(test_y), num_classes,
-                   augmentation=augmentation, view_noise=0.02)
+                   augmentation=augmentation, view_noise=0.02, input_offset=PIXEL_OFFSET, input_scale=PIXEL_SCALE)
 
 
 def _sklearn(function: str) -> Callable:

@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import math
 import pathlib
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
 import torch  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from gedi_fast.ood import batched_logits  # noqa: E402
+from gedi_fast.run_log import EVERY_STEP, STEP_TERMS  # noqa: E402
 
-TERMS = ("loss", "gen", "inv", "prior", "energy_reg")
+if TYPE_CHECKING:
+    from gedi_fast.data import Dataset
+
 PER_CLUSTER = 10  # images per row of a cluster grid
+CLASS_MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*")  # true classes on assignments.png, when no more than these
+SMOOTHING_WINDOWS = 20  # terms.png: the moving average's span is the run's steps / this
 FRESH_SAMPLES = 400  # SGLD samples drawn for samples_by_cluster.png
 
 
@@ -32,13 +42,7 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
 
     fig, ax = plt.subplots(figsize=(5, 4))
     if dataset.input_shape == (2,):
-        lo, hi = dataset.test_x.min(0).values - 0.5, dataset.test_x.max(0).values + 0.5
-        gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 200), torch.linspace(lo[1], hi[1], 200), indexing="xy")
-        grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).to(trainer.device)
-        regions = model(grid).argmax(1).reshape(gx.shape).cpu()
-        ax.contourf(gx, gy, regions, levels=trainer.clusters, alpha=0.25, cmap="tab10")
-        ax.scatter(*dataset.test_x.T, c=predicted, s=6, cmap="tab10", vmin=0, vmax=max(trainer.clusters - 1, 1))
-        ax.set_title("test points by cluster, decision regions")
+        assignments_2d(ax, model, dataset, predicted, trainer.clusters, trainer.device)
     else:
         counts = torch.zeros(dataset.num_classes, trainer.clusters, dtype=torch.int64)
         counts.index_put_((dataset.test_y, predicted), torch.ones_like(predicted), accumulate=True)
@@ -68,19 +72,9 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
         ax.set_title("SGLD replay buffer (the chains' latest samples)")
         written.append(save_figure(fig, folder / "samples.png"))
 
-    records = [h for h in trainer.history if "event" not in h]  # events (rollbacks) carry no terms
-    if records:
+    if any("event" not in h for h in trainer.history):  # events (rollbacks) carry no terms
         fig, ax = plt.subplots(figsize=(6, 4))
-        steps = [h["step"] for h in records]
-        for name in TERMS:
-            ax.plot(steps, [h[name] for h in records], label=name)
-        for event in trainer.history:
-            if event.get("event") == "rollback":
-                ax.axvline(event["diverged_at"], color="red", linewidth=0.8, linestyle=":")
-        _term_axis(ax.yaxis, max(abs(h[name]) for h in records for name in TERMS if math.isfinite(h[name])))
-        ax.set_xlabel("step")
-        ax.legend(loc="best")
-        ax.set_title("loss terms")
+        plot_terms(ax, trainer.history)
         written.append(save_figure(fig, folder / "terms.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -91,6 +85,95 @@ def plot_run(trainer, out: str | pathlib.Path | None = None) -> list[pathlib.Pat
     ax.set_title("cluster sizes")
     written.append(save_figure(fig, folder / "cluster_sizes.png"))
     return written
+
+
+def cluster_colours(count: int) -> list[tuple[float, float, float, float]]:
+    """One RGBA colour per cluster id, shared by everything that shows the cluster: tab10's up to 10
+    clusters, then tab20's lighter shades of them up to 20, evenly spread over turbo beyond."""
+    if count <= 20:
+        tab20 = plt.get_cmap("tab20")
+        return [tab20(2 * k if k < 10 else 2 * (k - 10) + 1) for k in range(count)]
+    return [plt.get_cmap("turbo")(x) for x in np.linspace(0, 1, count)]
+
+
+def assignments_2d(ax: Axes, model: torch.nn.Module, dataset: Dataset, predicted: torch.Tensor, clusters: int,
+                   device: torch.device) -> None:
+    """2-D data: the decision regions and the test points in one colour per cluster (cluster_colours, the
+    same for both), true classes by marker where there are few enough (CLASS_MARKERS), and one legend
+    naming both: which class went to which cluster reads off the plot."""
+    colours = cluster_colours(clusters)
+    lo, hi = dataset.test_x.min(0).values - 0.5, dataset.test_x.max(0).values + 0.5
+    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 200), torch.linspace(lo[1], hi[1], 200), indexing="xy")
+    grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).to(device)
+    regions = model(grid).argmax(1).reshape(gx.shape).cpu()
+    half = (hi - lo) / 199 / 2  # the grid points are the pixels' centres
+    extent = torch.stack([lo - half, hi + half], 1).reshape(-1).tolist()  # x0, x1, y0, y1
+    ax.imshow(regions.numpy(), origin="lower", aspect="auto", interpolation="nearest", alpha=0.25, extent=extent,
+              cmap=ListedColormap(colours), norm=BoundaryNorm(np.arange(clusters + 1) - 0.5, clusters))
+    classes = dataset.num_classes if dataset.num_classes <= len(CLASS_MARKERS) else 1
+    marks = dataset.test_y if classes > 1 else torch.zeros_like(predicted)
+    for k in range(clusters):
+        for c in range(classes):
+            points = dataset.test_x[(predicted == k) & (marks == c)]
+            if len(points):
+                ax.scatter(*points.T, s=12, color=colours[k], marker=CLASS_MARKERS[c], linewidths=0)
+    entries = [Patch(color=colours[k], label=f"cluster {k} ({int((predicted == k).sum())})") for k in range(clusters)]
+    if classes > 1:
+        entries += [Line2D([], [], linestyle="", marker=CLASS_MARKERS[c], color="dimgray", label=f"class {c}")
+                    for c in range(classes)]
+    columns = math.ceil(len(entries) / 16)  # so that many clusters still fit beside the plot
+    ax.legend(handles=entries, title="colour: cluster (test points)" + ("\nmarker: true class" if classes > 1 else ""),
+              loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", title_fontsize="small", ncols=columns)
+    ax.figure.set_size_inches(5 + 1.5 * columns, 4)
+    ax.set_title("test points and decision regions by cluster")
+
+
+def plot_terms(ax: Axes, history: list[dict]) -> None:
+    """The loss and each term at every step, faint, under its moving average (ema, its span a fixed
+    share of the run's steps, named in the legend): one batch's values are noisy. Records without
+    per-step values (logs from before they were kept) give their own step's value; rollbacks are red lines."""
+    series = [_term_series(history, name) for name in STEP_TERMS]
+    first, last = min(steps[0] for steps, _ in series), max(steps[-1] for steps, _ in series)
+    span = max(1, round((last - first + 1) / SMOOTHING_WINDOWS))
+    for colour, name, (steps, values) in zip((f"C{i}" for i in range(len(STEP_TERMS))), STEP_TERMS, series):
+        ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.7, label=f"_{name}")  # "_": not in the legend
+        finite = np.isfinite(values)
+        ax.plot(steps[finite], ema(steps[finite], values[finite], span), color=colour, linewidth=1.6, label=name)
+    for event in history:
+        if event.get("event") == "rollback":
+            ax.axvline(event["diverged_at"], color="red", linewidth=0.8, linestyle=":")
+    finite = np.concatenate([values[np.isfinite(values)] for _, values in series])
+    _term_axis(ax.yaxis, float(np.abs(finite).max(initial=0.0)))
+    ax.set_xlabel("step")
+    ax.legend(loc="best", title=f"moving average over {span} steps;\nfaint: every step", fontsize="small",
+              title_fontsize="small")
+    ax.set_title("loss terms")
+
+
+def _term_series(history: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of term `name` over the history's log records, step by step where they hold every step."""
+    steps, values = [], []
+    for record in history:
+        if "event" in record:
+            continue
+        kept = record.get(EVERY_STEP, {}).get(name, [record[name]])
+        steps += range(record["step"] - len(kept) + 1, record["step"] + 1)
+        values += kept
+    return np.asarray(steps), np.asarray(values, dtype=float)
+
+
+def ema(steps: np.ndarray, values: np.ndarray, span: int) -> np.ndarray:
+    """Exponential moving average of `values` logged at increasing `steps`: the weighted mean of the
+    values so far, a value `a` steps old weighing (1 - 2 / (span + 1)) ** a. A gap between logged steps
+    ages the past as those steps would have, and the first value averages to itself (no pull towards 0
+    at the start, as a plain recursive EMA started at 0 has)."""
+    decay = 1 - 2 / (span + 1)
+    smoothed, total, weight, previous = [], 0.0, 0.0, None
+    for step, value in zip(steps.tolist(), values.tolist()):  # Python floats: a long run's loop stays fast
+        age = 0.0 if previous is None else decay ** (step - previous)
+        total, weight, previous = value + age * total, 1 + age * weight, step
+        smoothed.append(total / weight)
+    return np.asarray(smoothed)
 
 
 def _image_grids(trainer, predicted: torch.Tensor, folder: pathlib.Path) -> list[pathlib.Path]:

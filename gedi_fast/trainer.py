@@ -32,12 +32,12 @@ from gedi_fast.models import build_model
 from gedi_fast.precision import resolve_memory_format, resolve_precision, tf32_switches
 from gedi_fast.queue import LogitQueue
 from gedi_fast.rollback import RESEED_STRIDE, Recovery
+from gedi_fast.run_log import EVERY_STEP, RunLog, StepTerms
 from gedi_fast.sampler import SGLDSampler
 
 __all__ = ["CHECKPOINT_NAME", "RESEED_STRIDE", "RESUME_CHANGEABLE", "GEDITrainer", "TrainConfig", "TrainingStopped"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "log.jsonl"  # one JSON object per log step (and per rollback), appended as training runs
 
 
 LOGGED_TERMS = ("gen", "inv", "prior", "energy_reg")
@@ -196,7 +196,10 @@ class GEDITrainer:
         `stop` is polled after every step (the CLI passes a signal's StopRequest): once it says True the
         run checkpoints the step it finished and returns early, with `stopped_at` set to that step.
         Under DDP the ranks agree (a max over a CPU flag, every step), so all stop at the same step.
-        Rank 0 appends every log record and rollback to the run folder's log.jsonl.
+        Rank 0 appends every log record and rollback to the run folder's log.jsonl and, with
+        config.tensorboard where tensorboard is installed, writes them as TensorBoard scalars into
+        OUT/tensorboard/ (gedi_fast.run_log). A record also holds the loss and terms of every step since
+        the previous one, read at the log step.
 
         progress=True shows a tqdm bar with the latest loss (the CLI asks for one on a terminal);
         log_lines=True prints a line per log step to stderr instead (step, terms, samples/s, ETA: the
@@ -219,11 +222,13 @@ class GEDITrainer:
                    leave=False)
         recovery = Recovery(self)
         self.stopped_at = None
-        log_file = self._continue_log() if self.rank == 0 else None
         agree = self._stop_agreement() if stop is not None else None
+        every_step = StepTerms()
+        run_log = RunLog(self.out, self.step, self.config.tensorboard) if self.rank == 0 else None
         try:
             while self.step < until:
                 values = self.train_step()
+                every_step.add(self.step, values)
                 bar.update(1)
                 stopping = agree is not None and agree(stop())
                 log = self.step % self.config.log_every == 0 or self.step == until
@@ -231,7 +236,9 @@ class GEDITrainer:
                 if not (log or save):
                     continue
                 if recovery.rolled_back(values):
-                    self._write_log(log_file, self.history[-1])
+                    every_step.drop_after(self.step)
+                    if run_log is not None:
+                        run_log.write(self.history[-1])
                     bar.n = self.step
                     bar.refresh()
                     started, first = time.perf_counter(), self.step
@@ -245,9 +252,10 @@ class GEDITrainer:
                     record["energy_gap"] = record["energy_neg"] - record["energy_data"] if self.sampler else math.nan
                     seen = (self.step - first) * self.world_size * self.config.batch_size
                     record["samples_per_s"] = seen / (time.perf_counter() - started)
+                    record[EVERY_STEP] = every_step.take()
                     self.history.append(record)
-                    self._write_log(log_file, record)
-                    if self.rank == 0:
+                    if run_log is not None:
+                        run_log.write(record)
                         bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
                         if log_lines:
                             print(self._log_line(record, until, started, first), file=sys.stderr, flush=True)
@@ -264,23 +272,9 @@ class GEDITrainer:
             raise self._collective_failure(err) from err
         finally:
             bar.close()
+            if run_log is not None:
+                run_log.close()
         return self.history
-
-    def _continue_log(self) -> pathlib.Path:
-        """The run's log.jsonl, without the lines of steps after this one (a run resumed from its last
-        checkpoint retrains those steps and logs them again)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / LOG_NAME
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= self.step]
-            path.write_text("".join(f"{line}\n" for line in kept))
-        return path
-
-    @staticmethod
-    def _write_log(path: pathlib.Path | None, record: dict) -> None:
-        if path is not None:
-            with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
     def _stop_agreement(self) -> Callable[[bool], bool]:
         """requested -> whether any rank requested a stop: the value itself for one process; under DDP a
@@ -355,7 +349,15 @@ class GEDITrainer:
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
             "rollbacks": self.rollbacks,
+            "inputs": self.inputs_state(),
         }
+
+    def inputs_state(self) -> dict:
+        """What assigning new data needs beside the model: the input shape, the number of clusters and
+        the standardisation raw values went through (input = (raw - offset) / scale)."""
+        as_tensor = lambda value: torch.as_tensor(value, dtype=torch.float32).clone()  # noqa: E731
+        return {"shape": list(self.dataset.input_shape), "clusters": self.clusters,
+                "offset": as_tensor(self.dataset.input_offset), "scale": as_tensor(self.dataset.input_scale)}
 
     def _rank_states(self, part: SGLDSampler | LogitQueue | None) -> list[dict] | None:
         """Every rank's state of `part` (its replay buffer, its queue), complete on rank 0; None without one."""
@@ -480,11 +482,3 @@ class GEDITrainer:
         path.write_text(json.dumps({**scores, **speed, "config": dataclasses.asdict(self.config), "ran_with": ran_with},
                                    indent=2))
         return path
-
-
-def _logged_step(line: str) -> float:
-    """A log.jsonl line's step; a line that is not one (cut short by a crash) reads as past every step."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
