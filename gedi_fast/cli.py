@@ -1,4 +1,4 @@
-"""`gedi-fast` command line: train a clustering run, or evaluate a saved one."""
+"""`gedi-fast` command line: train a clustering run, evaluate a saved one, assign new data with it, export it."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +12,11 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from gedi_fast import launch, run_folder, stopping
+from gedi_fast.clusterer import EXPORT_FORMATS, export, load_run
 from gedi_fast.config import SETTINGS, SGLD_SETTINGS, setting_types
 from gedi_fast.data import DATASET_KINDS, LOADERS, DatasetUnavailable, load_dataset
 from gedi_fast.metrics import merge_into_metrics_json
@@ -32,6 +34,7 @@ from gedi_fast.trainer import (
     TrainingStopped,
 )
 
+ASSIGN_OUTPUTS = (".npz", ".pt", ".csv")
 SUMMARY_KEYS = ("nmi", "ari", "acc", "largest_cluster_share", "usage_entropy", "view_agreement", "steps")
 
 
@@ -241,6 +244,62 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def assign_command(args: argparse.Namespace) -> int:
+    """Cluster ids, probabilities and energies of the rows in --input under the run in --out, into --output."""
+    output = pathlib.Path(args.output)
+    if output.suffix not in ASSIGN_OUTPUTS:
+        raise ValueError(f"--output {output}: the suffix says the format, one of {', '.join(ASSIGN_OUTPUTS)}")
+    run = load_run(args.out)
+    result = run.clusterer.assign(_read_rows(pathlib.Path(args.input)), args.batch_size, name=f"--input {args.input}")
+    columns = {"cluster": result.clusters, "probabilities": result.probabilities, "energy": result.energies}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".pt":
+        torch.save(columns, output)
+    elif output.suffix == ".npz":
+        np.savez(output, **{name: column.numpy() for name, column in columns.items()})
+    else:
+        header = ["cluster", "energy", *(f"p{k}" for k in range(result.probabilities.shape[1]))]
+        rows = torch.cat([result.clusters[:, None].double(), result.energies[:, None].double(),
+                          result.probabilities.double()], 1).tolist()
+        output.write_text(",".join(header) + "\n" + "".join(
+            f"{int(row[0])}," + ",".join(f"{value:.9g}" for value in row[1:]) + "\n" for row in rows))
+    sizes = torch.bincount(result.clusters, minlength=result.probabilities.shape[1]).tolist()
+    print(f"assigned {len(result.clusters)} rows to {len(sizes)} clusters (rows per cluster: {sizes}) with the run "
+          f"in {args.out} (step {run.step}): {output}")
+    return 0
+
+
+def _read_rows(path: pathlib.Path) -> object:
+    """The array in a .npy file or the tensor in a .pt file (loaded without running any pickled code)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--input {path}: no such file")
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"--input {path} is not a numeric .npy array ({err})") from None
+    if path.suffix == ".pt":
+        try:
+            rows = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"--input {path} is not a torch.save file of a tensor ({str(err).splitlines()[0]})") from None
+        if not isinstance(rows, torch.Tensor):
+            raise ValueError(f"--input {path} must hold one tensor, got a {type(rows).__name__}")
+        return rows
+    raise ValueError(f"--input {path}: expected a .npy or .pt file")
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """The run's clusterer as a torch.export program or TorchScript, usable without gedi_fast."""
+    run = load_run(args.out)
+    path = export(run.clusterer, args.output, args.format)
+    loader = "torch.export.load(PATH).module()" if args.format == "torch.export" else "torch.jit.load(PATH)"
+    print(f"exported the clusterer of {args.out} (step {run.step}) as {args.format}: {path}\n"
+          f"use: {loader}(raw float32 rows of shape (N, {', '.join(map(str, run.clusterer.input_shape))})) -> "
+          f"(clusters, probabilities, energies)")
+    return 0
+
+
 def _write_report(args: argparse.Namespace, path: str, title: str, minutes: float, body: str,
                   question: str = "") -> pathlib.Path:
     """A Markdown report: the title, the question asked, the command as typed, where and how long it ran."""
@@ -369,6 +428,23 @@ def parser() -> argparse.ArgumentParser:
                             f"features (trained once per dataset split and cached under ${CACHE_ENV}, default "
                             "~/.cache/gedi_fast)")
     check.set_defaults(handler=evaluate)
+    assign = commands.add_parser("assign", help="cluster new data with a trained run: cluster ids, probabilities "
+                                 "p(k|x) and energies of each row")
+    assign.add_argument("--out", required=True, help="the run folder")
+    assign.add_argument("--input", required=True, metavar="FILE",
+                        help="rows in the units of the run's raw data (.npy array or .pt tensor): vectors N x D; "
+                             "images as 0..255 values, N x C x H x W or N x H x W")
+    assign.add_argument("--output", required=True, metavar="FILE",
+                        help="where the result goes; .npz or .pt (arrays cluster, probabilities, energy) or .csv "
+                             "(cluster, energy, p0..pK-1 per row)")
+    assign.add_argument("--batch-size", type=positive_int, default=4096, help="rows per forward pass")
+    assign.set_defaults(handler=assign_command)
+    exporting = commands.add_parser("export", help="write a trained run's clusterer for use without gedi_fast")
+    exporting.add_argument("--out", required=True, help="the run folder")
+    exporting.add_argument("--output", required=True, metavar="FILE", help="where the exported program goes")
+    exporting.add_argument("--format", choices=EXPORT_FORMATS, default="torch.export",
+                           help="torch.export (default; load with torch.export.load) or torchscript (torch.jit.load)")
+    exporting.set_defaults(handler=export_command)
     triad = commands.add_parser("triad", help="full GEDI, its ablations and k-means over seeds; a Markdown table")
     triad.add_argument("--datasets", nargs="+", default=["moons", "circles", "digits"], choices=sorted(LOADERS))
     triad.add_argument("--seeds", type=positive_int, default=5)
