@@ -5,7 +5,11 @@
   MIN_ROUND_S, so a synchronisation costs under 1% and tiny kernels are timed by throughput.
 - Inputs that would sit in a cache (L2 on the GPU, L3 on the CPU) are rotated through a pool of
   copies whose total exceeds ROTATION_BYTES, so every call reads from memory as in training.
-- The median round is reported, per call.
+- pytest-benchmark's stats are made per call (`per_call`): its table, its JSON and the terminal
+  summary of benchmarks/conftest.py compare rows whatever their calls per round.
+- torch's CPU threads default to the physical cores available less one, and less those other
+  processes keep busy (`bench_threads`): a thread more than the idle cores makes every OpenMP region
+  wait out a scheduler slice.
 - Every result carries its speedups over eager and torch.compile at the same size, measured in
   the same test with the baselines' rounds interleaved with its own (`measure`), so they hold
   whatever the order or selection of the tests and however the load of the machine drifts.
@@ -16,6 +20,7 @@ import functools
 import itertools
 import math
 import os
+import pathlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ from typing import Callable, Iterator
 
 import pytest
 import torch
+from pytest_benchmark.stats import Metadata, Stats
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Quick mode (the default without CUDA) trims sizes, rounds and torch.compile runs for the CPU CI run
@@ -30,9 +36,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 QUICK = os.environ.get("GEDI_BENCH_QUICK", "0" if DEVICE == "cuda" else "1") == "1"
 # GEDI_BENCH_COMPILE=0 skips every torch.compile run: compile rows and compile baselines.
 COMPILE = os.environ.get("GEDI_BENCH_COMPILE", "1") == "1"
-# GEDI_BENCH_THREADS=N sets torch's CPU threads (default: torch's choice). On a machine whose cores
-# other processes share, one thread avoids OpenMP barriers that wait a whole scheduler slice.
-THREADS = int(os.environ.get("GEDI_BENCH_THREADS", "0"))
 IMPLS = ("eager", "compile", "ours")
 BASELINES = ("eager", "compile")
 ROTATION_BYTES = 128 * 2**20  # over twice an H200's L2 and four times this CPU's L3
@@ -162,6 +165,87 @@ def timed(run: Call) -> float:
     return time.perf_counter() - start
 
 
+def available_cores() -> int:
+    """Physical cores this process may run on: its CPU affinity counted one per core (hyperthread
+    siblings share one), capped by a cgroup v2 CPU quota (a container's CPU limit)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = {_core_of(cpu) for cpu in cpus}
+    try:
+        quota, period = pathlib.Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        limit = len(cores) if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        limit = len(cores)
+    return min(len(cores), limit)
+
+
+def _core_of(cpu: int) -> tuple[str, str] | int:
+    topology = pathlib.Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+    try:
+        return (topology / "physical_package_id").read_text(), (topology / "core_id").read_text()
+    except OSError:
+        return cpu
+
+
+@dataclass(frozen=True)
+class CpuClock:
+    """When, and the CPU seconds the whole machine and this process (with its waited-for children) had
+    used then; two of them give the CPUs other processes kept busy in between (`others_busy`)."""
+
+    wall: float
+    machine: float | None  # None where /proc/stat cannot be read
+    own: float
+
+    @classmethod
+    def now(cls) -> CpuClock:
+        try:
+            ticks = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+            machine = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        except (OSError, ValueError, IndexError):
+            machine = None
+        own = os.times()
+        return cls(time.perf_counter(), machine, own.user + own.system + own.children_user + own.children_system)
+
+
+def others_busy(start: CpuClock, end: CpuClock) -> float | None:
+    """CPUs that other processes kept busy on average between two clocks (None where unknown)."""
+    if start.machine is None or end.machine is None or end.wall <= start.wall:
+        return None
+    return max(0.0, (end.machine - start.machine - (end.own - start.own)) / (end.wall - start.wall))
+
+
+def bench_threads(sample_s: float = 0.25) -> tuple[int, str]:
+    """torch's CPU threads for a run, and why: GEDI_BENCH_THREADS, else OMP_NUM_THREADS, else the
+    physical cores available less one left to other processes, and less the CPUs they keep busy over
+    `sample_s` (at least one thread).
+
+    A thread more than the idle cores makes every OpenMP region wait a scheduler slice for the thread
+    another process holds, and a shared machine's load comes and goes during a run: with all its
+    cores a 2-core machine gave times 40-50x too high, with the spare core within 2x.
+    """
+    for name in ("GEDI_BENCH_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise pytest.UsageError(f"{name} must be a positive integer of threads, not {value!r}")
+            return int(value), f"{name}={value}"
+    cores, start = available_cores(), CpuClock.now()
+    time.sleep(sample_s)
+    busy = others_busy(start, CpuClock.now()) or 0.0
+    spare = min(1, cores - 1)
+    threads = max(1, min(cores - spare, math.floor((os.cpu_count() or cores) - busy + 0.5)))
+    why = f"{cores} physical cores available" + (", one left to other processes" if spare else "")
+    return threads, why + (f", {busy:.1f} CPUs busy with them at the start" if threads < cores - spare else "")
+
+
+def per_call(metadata: Metadata, calls: int) -> None:
+    """Make pytest-benchmark's stats of rounds of `calls` calls per call, as its `iterations` are
+    (pedantic refuses iterations with a setup, which runs the baselines): its table, JSON stats and
+    --benchmark-compare then compare rows whatever their calls per round."""
+    stats = Stats()
+    stats.data = [seconds / calls for seconds in metadata.stats.data]
+    metadata.stats, metadata.iterations = stats, metadata.iterations * calls
+
+
 def copy_bandwidth() -> float:
     """The device's copy bandwidth in GB/s (bytes read plus bytes written), from dst.copy_(src)."""
     src = torch.empty(COPY_BYTES // 4, device=DEVICE).uniform_()
@@ -236,7 +320,7 @@ class CaseCalls:
 
 
 def measure(benchmark, calls: CaseCalls, copy_gbps: float, case: Case, impl: str, build: Builder) -> None:
-    """Time impl at case with pytest-benchmark, the baselines interleaved, and fill extra_info.
+    """Time impl at case with pytest-benchmark (stats per call), the baselines interleaved, and fill extra_info.
 
     Before each timed round of impl, one round of each baseline (eager, compile) runs, timed apart
     (pytest-benchmark's untimed setup): the speedups compare rounds run side by side, so a load that
@@ -255,7 +339,8 @@ def measure(benchmark, calls: CaseCalls, copy_gbps: float, case: Case, impl: str
     benchmark.pedantic(own.run, setup=run_baselines, rounds=rounds, iterations=1, warmup_rounds=0)
     if benchmark.disabled:  # --benchmark-disable: each case ran once as a smoke test; no timings to record
         return
-    seconds = benchmark.stats.stats.median / own.inner
+    per_call(benchmark.stats, own.inner)
+    seconds = benchmark.stats.stats.median
     side_by_side = {impl: seconds, **{name: statistics.median(times) for name, times in samples.items()}}
     gbps = None if case.ideal_bytes is None else case.ideal_bytes / seconds / 1e9
     benchmark.extra_info.update(

@@ -5,6 +5,7 @@
 One table per op (a row per size: per-call median of each implementation, gedi_fast's achieved
 GB/s and share of the run's copy bandwidth, and the speedups measured in the same run) and one
 panel per op plotting speedup over eager against size. Reads only the JSON (no torch needed).
+`terminal_summary` is the short form that `pytest benchmarks --benchmark-only` prints at its end.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import json
 import math
 import pathlib
+import shlex
 import sys
 import textwrap
 
@@ -86,7 +88,8 @@ def format_number(value: float | None, pattern: str) -> str:
 def markdown(meta: dict, results: list[dict]) -> str:
     lines = [
         f"- Device: {meta.get('device_name', 'unknown')} ({meta.get('device', '?')}), "
-        f"{meta.get('torch_threads', '?')} torch threads; copy bandwidth "
+        f"{meta.get('torch_threads', '?')} torch threads"
+        + (f" ({meta['torch_threads_why']})" if meta.get("torch_threads_why") else "") + "; copy bandwidth "
         f"{format_number(meta.get('copy_gb_per_s'), '{:.1f}')} GB/s (read + write, same run).",
         f"- Date: {meta.get('date', 'unknown')}; Python {meta.get('python', '?')}, torch {meta.get('torch', '?')}, "
         f"triton {meta.get('triton') or 'not installed'}" + (f", CUDA {meta['cuda']}" if meta.get("cuda") else "")
@@ -113,6 +116,84 @@ def markdown(meta: dict, results: list[dict]) -> str:
                      *(format_number(row.get(e, {}).get("speedup_vs_eager"), "{:.2f}x") for e in extras)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def report_command(json_path: str | None) -> str:
+    """Where the full report comes from: the command for this run's JSON, or how to get one."""
+    if json_path is None:
+        return ("Full report (tables per op, speedup plot): `make bench` writes .benchmarks/latest/bench.md; "
+                "or add --benchmark-json=FILE.json and run "
+                "python -m benchmarks.report FILE.json --markdown FILE.md --plot FILE.png")
+    stem = json_path.removesuffix(".json")
+    return (f"Full report (tables per op, speedup plot): python -m benchmarks.report {shlex.quote(json_path)} "
+            f"--markdown {shlex.quote(stem + '.md')} --plot {shlex.quote(stem + '.png')}")
+
+
+def summary_header(meta: dict) -> list[str]:
+    """The run's facts that every time depends on, and how to read the tables."""
+    others, threads, cpus = meta.get("others_busy_cpus"), meta.get("torch_threads", "?"), meta.get("cpus")
+    copy = meta.get("copy_gb_per_s")
+    lines = [
+        f"device: {meta.get('device_name', 'unknown')} ({meta.get('device', '?')}); copy bandwidth "
+        f"{f'{copy:.1f} GB/s' if copy else 'not measured'}; quick mode {'on' if meta.get('quick') else 'off'}",
+        f"torch threads: {threads} ({meta.get('torch_threads_why') or 'torch default'}); "
+        f"CPUs busy with other processes during the run: {format_number(others, '{:.1f}')}",
+    ]
+    if others is not None and cpus and isinstance(threads, int) and threads + others > cpus + 0.25:
+        remedy = "GEDI_BENCH_THREADS=1 is steadier" if threads > 1 else "measure on a quieter machine"
+        lines.append(f"WARNING: {threads} torch threads beside {others:.1f} busy CPUs on {cpus}: "
+                     f"times are inflated and noisy; {remedy}")
+    lines += [
+        "per call: one call's median; a round holds calls/round calls (pytest-benchmark's Iterations: "
+        "its stats above are per call too)",
+        "GB/s: ideal bytes per call / time; vs X: X's time per call / the row's, X's rounds interleaved "
+        "with the row's (above 1: the row is faster)",
+    ]
+    return lines
+
+
+def summary_table(title: str, benchmarks: list[dict]) -> list[str]:
+    """One group of pytest-benchmark's table (its flat stats, per call): per-call median, calls per
+    round and rounds, GB/s on ideal bytes with % of copy where the results name ideal bytes, and every
+    speedup_vs_* the results recorded, fastest row first."""
+    infos = [bench.get("extra_info") or {} for bench in benchmarks]
+    has_bytes = any(info.get("ideal_bytes") for info in infos)
+    names = {key.removeprefix("speedup_vs_") for info in infos for key, value in info.items()
+             if key.startswith("speedup_vs_") and value is not None}
+    baselines = [name for name in ("eager", "compile") if name in names] + sorted(names - {"eager", "compile"})
+    header = ["impl" if any(info.get("impl") for info in infos) else "param", "per call", "calls/round", "rounds",
+              *(["GB/s", "% of copy"] if has_bytes else []), *(f"vs {name}" for name in baselines)]
+    rows = []
+    for bench, info in sorted(zip(benchmarks, infos), key=lambda pair: pair[0]["median"]):
+        seconds = bench["median"]
+        cells = [info.get("impl") or bench.get("param") or bench["name"], format_time(seconds * 1e6),
+                 str(bench["iterations"]), str(bench["rounds"])]
+        if has_bytes:
+            gbps = info["ideal_bytes"] / seconds / 1e9 if info.get("ideal_bytes") else None
+            copy = info.get("copy_gb_per_s")
+            cells += [format_number(gbps, "{:.2f}"),
+                      format_number(100 * gbps / copy if gbps is not None and copy else None, "{:.0f}%")]
+        cells += [format_number(info.get(f"speedup_vs_{name}"), "{:.2f}x") for name in baselines]
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [title]
+    for row in [header, *rows]:
+        lines.append("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                                      for i, (cell, w) in enumerate(zip(row, widths))))
+    return lines
+
+
+def terminal_summary(meta: dict, groups: list[tuple[str | None, list[dict]]], json_path: str | None) -> list[str]:
+    """What `pytest benchmarks --benchmark-only` prints after pytest-benchmark's table: the run's facts,
+    a compact table per group (`summary_table`) and, where the run has results the report tabulates
+    (those of harness.measure: extra_info names an op), the command that writes the full report."""
+    lines, tabulated = summary_header(meta), False
+    for group, benchmarks in groups:
+        current = [bench for bench in benchmarks if bench.get("path") is None]  # not --benchmark-compare's
+        if current:
+            lines += ["", *summary_table(group or current[0]["name"].split("[")[0], current)]
+            tabulated = tabulated or any("op" in (bench.get("extra_info") or {}) for bench in current)
+    return [*lines, "", report_command(json_path)] if tabulated else lines
 
 
 def plot(results: list[dict], path: pathlib.Path) -> None:
