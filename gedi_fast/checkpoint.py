@@ -57,10 +57,12 @@ def save_atomic(state: dict, path: str | os.PathLike, keep_previous: bool = True
     if INTEGRITY_KEY in state:
         raise ValueError(f"state must not hold the key {INTEGRITY_KEY!r}: the checkpoint's digest goes there")
     stamped = {**state, INTEGRITY_KEY: {"format": FORMAT_VERSION, "sha256": content_digest(state)}}
+    serialised = io.BytesIO()  # serialised first, so a failing disk is the OSError of one write (torch's
+    torch.save(stamped, serialised)  # zip writer would turn it into a RuntimeError about positions)
     tmp, tmp_previous = _temporary(path), _temporary(previous)
     try:
         with open(tmp, "xb") as f:
-            torch.save(stamped, f)
+            f.write(serialised.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and path.is_file() and _verifies(path):
