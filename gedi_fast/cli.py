@@ -17,6 +17,7 @@ import torch
 
 from gedi_fast import launch, run_folder, stopping
 from gedi_fast.clusterer import EXPORT_FORMATS, export, load_run
+from gedi_fast.command import version_line
 from gedi_fast.config import SETTINGS, SGLD_SETTINGS, setting_types
 from gedi_fast.data import DATASET_KINDS, LOADERS, DatasetUnavailable, load_dataset
 from gedi_fast.metrics import merge_into_metrics_json
@@ -385,7 +386,7 @@ def positive_int(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="gedi-fast", description=__doc__)
-    root.add_argument("--version", action="version", version=f"gedi-fast {_version()} (torch {torch.__version__})")
+    root.add_argument("--version", action="version", version=version_line())
     commands = root.add_subparsers(dest="command", required=True)
     run = commands.add_parser("train", help="train GEDI on a dataset and write DIR/metrics.json "
                               "(under torchrun: DDP, one rank per process)")
@@ -482,15 +483,6 @@ def parser() -> argparse.ArgumentParser:
                         help="a TrainConfig setting for every run, over the preset")
     images.set_defaults(handler=images_command)
     return root
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("gedi-fast")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

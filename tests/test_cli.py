@@ -1,6 +1,7 @@
 """The gedi-fast command line: train writes metrics.json, eval and resume read the run folder."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -62,6 +63,15 @@ def test_set_help_lists_the_keys_and_version_prints(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.startswith("gedi-fast ")
+
+
+def test_version_is_answered_without_the_commands_heavy_imports():
+    probe = ("import sys; from gedi_fast.command import main; code = main(['--version']); "
+             "print(code, [m for m in ('sklearn', 'matplotlib', 'scipy', 'gedi_fast.cli') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    version_line, outcome = result.stdout.strip().splitlines()
+    assert version_line == f"gedi-fast {importlib.metadata.version('gedi-fast')} (torch {torch.__version__})"
+    assert outcome == "0 []"
 
 
 @pytest.mark.parametrize("content", [
