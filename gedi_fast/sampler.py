@@ -9,6 +9,7 @@ eager path computes the very same numbers, so graphed and eager chains agree.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,16 +17,22 @@ from torch import nn
 
 from gedi_fast.ops.sgld import SGLDChainStep, buffer_draw
 from gedi_fast.precision import tf32_state
-from gedi_fast.reference import energy, energy_grad
+from gedi_fast.reference import energy, energy_grad, gaussian_from_uniform
 from gedi_fast.rng import call_key, mix32
-from gedi_fast.validation import SAMPLE_DTYPES, check_logits, require_int, require_real
+from gedi_fast.validation import SAMPLE_DTYPES, check_logits, require_choice, require_int, require_real
 
 STATE_KEYS = ("buffer", "calls", "seed")
+STARTS = ("uniform", "gaussian")
 
 
 @dataclass(frozen=True)
 class SGLDConfig:
-    """JEM's defaults: 20 steps of size 1.0 with noise 0.01, a 10000-sample buffer, 5% fresh U(-1, 1)."""
+    """JEM's defaults: 20 steps of size 1.0 with noise 0.01, a 10000-sample buffer, 5% fresh U(-1, 1).
+
+    start "gaussian": fresh rows (and the first buffer) are drawn from a Gaussian fitted to the data
+    (SGLDSampler's `start`, reference.fit_gaussian_start) instead of uniform noise, clamped to
+    [init_low, init_high]: chains that begin with the data's mean and pixel correlations.
+    """
 
     steps: int = 20
     step_size: float = 1.0
@@ -36,8 +43,10 @@ class SGLDConfig:
     init_high: float = 1.0
     clamp: tuple[float, float] | None = None
     grad_clamp: float | None = None  # |dE/dx| per element at most this before the step (None: no limit)
+    start: str = "uniform"
 
     def __post_init__(self) -> None:
+        require_choice(self.start, "start", STARTS)
         require_int(self.steps, "steps", minimum=0)
         require_real(self.step_size, "step_size", non_negative=True)
         require_real(self.noise_std, "noise_std", non_negative=True)
@@ -80,6 +89,9 @@ class SGLDSampler:
     seed, the autocast or TF32 settings change; samples equal the eager chain's for the same seed.
     A call made while another CUDA graph is being captured runs the chain eagerly into that capture.
     `graphed` says whether sample() replays a graph.
+
+    start: with config.start "gaussian", the (mean, factor) fresh chains are drawn from, e.g.
+    reference.fit_gaussian_start(training inputs); kept in state_dict so a restored run goes on alike.
     """
 
     def __init__(
@@ -91,6 +103,7 @@ class SGLDSampler:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         graph: bool | str = "auto",
+        start: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         if not isinstance(config, SGLDConfig):
             raise TypeError(f"config must be an SGLDConfig, got {type(config).__name__}")
@@ -113,7 +126,31 @@ class SGLDSampler:
         self._graph_key: tuple | None = None
         self._graph_samples: torch.Tensor | None = None
         self._row_hashes: torch.Tensor | None = None
+        self.start = self._checked_start(start, tuple(input_shape))
         self.reseed(seed)
+
+    def _checked_start(self, start: object, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, factor) on the buffer's device and dtype when config.start is "gaussian", else None."""
+        if self.config.start == "uniform":
+            if start is not None:
+                raise ValueError("start (a fitted Gaussian) is given but config.start is 'uniform'; "
+                                 "pass SGLDConfig(start='gaussian') to use it")
+            return None
+        features = math.prod(input_shape)
+        if (not isinstance(start, (tuple, list)) or len(start) != 2 or not all(isinstance(t, torch.Tensor) for t in start)
+                or tuple(start[0].shape) != (features,) or tuple(start[1].shape) != (features, features)):
+            raise ValueError(f"config.start 'gaussian' needs start = (mean, factor) of shapes ({features},) and "
+                             f"({features}, {features}), e.g. reference.fit_gaussian_start(training inputs)")
+        if not all(bool(torch.isfinite(t).all()) for t in start):
+            raise ValueError("start (mean, factor) must be finite")
+        return tuple(t.to(self.buffer.device, self.buffer.dtype) for t in start)
+
+    def _fresh(self, uniform: torch.Tensor) -> torch.Tensor:
+        """Fresh chain starts from rows of U[init_low, init_high) noise: those rows, or with a Gaussian
+        start the Gaussian rows made from them."""
+        if self.start is None:
+            return uniform
+        return gaussian_from_uniform(uniform, self.config.init_low, self.config.init_high, *self.start)
 
     @property
     def calls(self) -> int:
@@ -127,13 +164,13 @@ class SGLDSampler:
         generator = torch.Generator(device=self.buffer.device).manual_seed(self.seed)
         low, high = self.config.init_low, self.config.init_high
         fresh = torch.rand(self.buffer.shape, generator=generator, device=self.buffer.device, dtype=self.buffer.dtype)
-        self.buffer.copy_(fresh * (high - low) + low)
+        self.buffer.copy_(self._fresh(fresh * (high - low) + low))
 
     def fork(self, seed: int) -> "SGLDSampler":
         """An eager copy (config, temperature, buffer contents) with its own seed: chains that continue
         from this sampler's state while leaving its buffer and stream untouched (plots, evaluation)."""
         twin = SGLDSampler(tuple(self.buffer.shape[1:]), self.config, self.temperature, seed, self.buffer.device,
-                           self.buffer.dtype, graph=False)
+                           self.buffer.dtype, graph=False, start=self.start)
         twin.buffer.copy_(self.buffer)
         return twin
 
@@ -184,8 +221,10 @@ class SGLDSampler:
         config, device = self.config, self.buffer.device
         offsets = (self._calls * (config.steps + 1) + torch.arange(config.steps + 1, device=device)).unbind()
         indices = self._indices(batch_size)
-        x, _ = buffer_draw(self.buffer, indices, config.reinit_prob, config.init_low, config.init_high,
-                           seed=self.seed, offset=offsets[0])
+        x, fresh = buffer_draw(self.buffer, indices, config.reinit_prob, config.init_low, config.init_high,
+                               seed=self.seed, offset=offsets[0])
+        if self.start is not None:
+            x = torch.where(fresh.view(-1, *(1,) * (x.dim() - 1)), self._fresh(x), x)
         was_training = model.training
         model.eval()
         step_ = SGLDChainStep(config.step_size, config.noise_std, self.seed, config.clamp)
@@ -251,7 +290,7 @@ class SGLDSampler:
     def state_dict(self) -> dict:
         """buffer (the live tensor), calls and seed: all a restored sampler needs to continue the stream."""
         return {"buffer": self.buffer, "calls": self.calls, "seed": self.seed, "config": asdict(self.config),
-                "temperature": self.temperature}
+                "temperature": self.temperature, "start": None if self.start is None else list(self.start)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state` (a checkpoint's "generator" entry, written before the device counter, is ignored)."""
@@ -266,3 +305,5 @@ class SGLDSampler:
         self.seed = require_int(state["seed"], "state['seed']", minimum=0, maximum=2**63 - 1)
         self.buffer.copy_(state["buffer"])
         self._calls.fill_(calls)
+        if state.get("start") is not None:  # the fitted Gaussian it ran with, bit for bit
+            self.start = self._checked_start(tuple(state["start"]), tuple(self.buffer.shape[1:]))

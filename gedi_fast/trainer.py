@@ -31,6 +31,7 @@ from gedi_fast.loss import GEDILoss
 from gedi_fast.models import build_model
 from gedi_fast.precision import resolve_memory_format, resolve_precision, tf32_switches
 from gedi_fast.queue import LogitQueue
+from gedi_fast.reference import fit_gaussian_start
 from gedi_fast.rollback import RESEED_STRIDE, Recovery
 from gedi_fast.run_log import EVERY_STEP, RunLog, StepTerms
 from gedi_fast.sampler import SGLDSampler
@@ -107,8 +108,9 @@ class GEDITrainer:
         self.sampler = None
         if config.gen_weight != 0 or config.energy_reg != 0:
             sgld = config.sgld_config(self.dataset.sgld)
+            start = fit_gaussian_start(self.dataset.train_x) if sgld.start == "gaussian" else None
             self.sampler = SGLDSampler(self.dataset.input_shape, sgld, config.temperature, self.sampler_seed(),
-                                       self.device, graph="auto" if config.cuda_graph else False)
+                                       self.device, graph="auto" if config.cuda_graph else False, start=start)
         if config.compile_step and self.world_size > 1:
             raise ValueError(f"compile_step=True is not supported under DDP (world size {self.world_size}); "
                              f"train with compile_step=False")

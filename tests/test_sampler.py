@@ -281,3 +281,81 @@ def test_grad_clamp_limits_each_elements_gradient_before_the_step():
     start, noise = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
     expected = start - 0.5 * torch.where(g.abs() > 0.3, 0.3 * g.sign(), g) + 0.05 * noise
     assert torch.equal(reference.sgld_step(start, g, 0.5, 0.05, noise, grad_clamp=0.3), expected)
+
+
+def correlated_data(rows: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of a known 3-D Gaussian (mean, covariance) shaped as 1 x 3 images, inside [-1, 1] almost surely."""
+    generator = torch.Generator().manual_seed(seed)
+    mean = torch.tensor([0.2, -0.1, 0.05], dtype=torch.float64)
+    root = torch.tensor([[0.12, 0.0, 0.0], [0.06, 0.08, 0.0], [-0.03, 0.02, 0.05]], dtype=torch.float64)
+    x = mean + torch.randn(rows, 3, generator=generator, dtype=torch.float64) @ root.T
+    return x.reshape(rows, 1, 1, 3), mean, root @ root.T
+
+
+def test_gaussian_start_fit_and_draw_match_the_closed_forms():
+    data, _, _ = correlated_data()
+    mean, factor = reference.fit_gaussian_start(data)
+    rows = data.reshape(len(data), -1)
+    torch.testing.assert_close(mean, rows.mean(0))
+    torch.testing.assert_close(factor @ factor.T, torch.cov(rows.T))  # exact sample covariance
+    u = torch.rand(7, 1, 1, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    got = reference.gaussian_from_uniform(u, -1.0, 1.0, mean, factor)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    z = torch.from_numpy(scipy_stats.norm.ppf(((u + 1) / 2).reshape(7, 3).numpy()))  # an independent inverse CDF
+    torch.testing.assert_close(got, (mean + z @ factor.T).clamp(-1, 1).reshape(u.shape))
+    ends = reference.gaussian_from_uniform(torch.tensor([[-1.0, 1.0, 0.0]]), -1.0, 1.0, torch.zeros(3), torch.eye(3))
+    assert torch.isfinite(ends).all() and ends.abs().max() == 1.0  # U's ends give |z| < 5.4, clamped to the range
+
+
+def test_gaussian_start_draws_from_the_fitted_distribution():
+    data, true_mean, true_covariance = correlated_data()
+    config = SGLDConfig(steps=0, buffer_size=20000, start="gaussian")
+    sampler = SGLDSampler((1, 1, 3), config, seed=2, dtype=torch.float32, start=reference.fit_gaussian_start(data))
+    rows = sampler.buffer.reshape(-1, 3).double()
+    torch.testing.assert_close(rows.mean(0), true_mean, rtol=0, atol=0.01)
+    torch.testing.assert_close(torch.cov(rows.T), true_covariance, rtol=0, atol=0.002)
+
+
+@pytest.mark.parametrize("reinit_prob", [0.4, 1.0])
+def test_gaussian_start_chain_is_the_reference_draw_then_the_transform(reinit_prob):
+    """Fresh rows are the draw's uniform rows through gaussian_from_uniform; kept rows are untouched."""
+    data, _, _ = correlated_data(rows=301)
+    start = reference.fit_gaussian_start(data)
+    config = SGLDConfig(steps=0, buffer_size=17, reinit_prob=reinit_prob, start="gaussian")
+    sampler = SGLDSampler((1, 1, 3), config, seed=9, start=start)
+    buffer = sampler.buffer.clone()
+    identity = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    for calls in range(3):
+        indices = expected_indices(9, calls, 13, config.buffer_size)
+        drawn, fresh = reference.buffer_draw(buffer, indices, reinit_prob, -1.0, 1.0, seed=9, offset=calls)
+        made = reference.gaussian_from_uniform(drawn, -1.0, 1.0, *(t.float() for t in start))
+        expected = torch.where(fresh.view(-1, 1, 1, 1), made, drawn)
+        got = sampler.sample(identity, 13)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        buffer[indices] = got
+        assert fresh.any() or reinit_prob < 1
+
+
+def test_gaussian_start_survives_fork_and_state_and_bad_starts_are_named():
+    data, _, _ = correlated_data(rows=50)
+    start = reference.fit_gaussian_start(data)
+    config = SGLDConfig(steps=1, buffer_size=16, reinit_prob=0.5, start="gaussian")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    sampler = SGLDSampler((1, 1, 3), config, seed=3, start=start)
+    twin = sampler.fork(3)
+    assert torch.equal(twin.sample(model, 8), sampler.fork(3).sample(model, 8))
+    state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in sampler.state_dict().items()}
+    expected = sampler.sample(model, 8)
+    other = SGLDSampler((1, 1, 3), config, seed=0, start=(torch.zeros(3), torch.eye(3)))
+    other.load_state_dict(state)
+    assert torch.equal(other.sample(model, 8), expected)
+    with pytest.raises(ValueError, match="needs start = \\(mean, factor\\) of shapes \\(3,\\) and \\(3, 3\\)"):
+        SGLDSampler((1, 1, 3), config)
+    with pytest.raises(ValueError, match="needs start"):
+        SGLDSampler((1, 1, 3), config, start=(torch.zeros(4), torch.eye(4)))
+    with pytest.raises(ValueError, match="must be finite"):
+        SGLDSampler((1, 1, 3), config, start=(torch.zeros(3), torch.full((3, 3), float("nan"))))
+    with pytest.raises(ValueError, match="config.start is 'uniform'"):
+        SGLDSampler((1, 1, 3), SGLDConfig(), start=start)
+    with pytest.raises(ValueError, match="start must be one of"):
+        SGLDConfig(start="data")

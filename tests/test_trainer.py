@@ -25,10 +25,12 @@ def test_short_run_logs_terms_and_evaluates(tmp_path):
     assert (tmp_path / CHECKPOINT_NAME).is_file()
 
 
-def test_resume_gives_the_same_parameters_as_an_unbroken_run(tmp_path):
-    straight = GEDITrainer(TrainConfig(**SMALL), tmp_path / "a")
+@pytest.mark.parametrize("start", ["uniform", "gaussian"])
+def test_resume_gives_the_same_parameters_as_an_unbroken_run(tmp_path, start):
+    config = TrainConfig(**SMALL | dict(sgld=SMALL["sgld"] | dict(start=start)))
+    straight = GEDITrainer(config, tmp_path / "a")
     straight.train()
-    broken = GEDITrainer(TrainConfig(**SMALL), tmp_path / "b")
+    broken = GEDITrainer(config, tmp_path / "b")
     broken.train(until=9)
     broken.evaluate()  # evaluating mid-run must not change what training draws next
     broken.save()

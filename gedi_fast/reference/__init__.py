@@ -8,7 +8,7 @@ taken in the log domain, and Sinkhorn-Knopp runs on log-scaled matrices. Given `
 are all-reduced across ranks.
 
 logits: softmax, energy and its gradient; gedi: the GEDI terms and their gradients; sinkhorn:
-balanced assignments; sgld: the SGLD update and buffer draw (their random numbers: gedi_fast.rng).
+balanced assignments; sgld: the SGLD update, buffer draw and informative starts (their random numbers: gedi_fast.rng).
 """
 from gedi_fast.reference.gedi import (
     ASSIGNMENTS,
@@ -25,13 +25,13 @@ from gedi_fast.reference.gedi import (
     weighted_loss,
 )
 from gedi_fast.reference.logits import compute_dtype, energy, energy_grad, scaled_log_softmax
-from gedi_fast.reference.sgld import buffer_draw, sgld_step
+from gedi_fast.reference.sgld import buffer_draw, fit_gaussian_start, gaussian_from_uniform, sgld_step
 from gedi_fast.reference.sinkhorn import sinkhorn_knopp
 from gedi_fast.rng import philox4x32_10, philox_normal
 
 __all__ = [
     "ASSIGNMENTS", "DIAGNOSTIC_NAMES", "TERM_NAMES", "TERM_VECTOR", "assignment_targets", "batch_sums", "buffer_draw",
-    "compute_dtype", "energy", "energy_grad", "gedi_gradients", "gedi_statistics", "gedi_terms", "philox4x32_10",
+    "compute_dtype", "energy", "energy_grad", "fit_gaussian_start", "gaussian_from_uniform", "gedi_gradients", "gedi_statistics", "gedi_terms", "philox4x32_10",
     "philox_normal", "scaled_log_softmax", "sgld_step", "sinkhorn_knopp", "terms_from_statistics", "terms_from_sums",
     "weighted_loss",
 ]

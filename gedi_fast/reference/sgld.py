@@ -56,3 +56,33 @@ def buffer_draw(
     fresh = torch.from_numpy(noise).reshape(out.shape).to(out.dtype)
     out[reinit] = fresh[reinit]
     return out, reinit
+
+
+def fit_gaussian_start(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, factor) of the Gaussian fitted to data's rows, in float64: factor @ factor.T is their
+    covariance (the symmetric square root's eigenvector form, exact for a singular covariance).
+
+    Informative chain starts: fresh chains that begin with the data's mean and pixel correlations
+    instead of uniform noise (JEM++'s start, fitted here without labels)."""
+    rows = data.reshape(data.shape[0], -1).to(torch.float64)
+    mean = rows.mean(0)
+    centred = rows - mean
+    covariance = centred.T @ centred / max(rows.shape[0] - 1, 1)
+    eigenvalues, vectors = torch.linalg.eigh(covariance)
+    return mean, vectors * eigenvalues.clamp_min(0).sqrt()
+
+
+def gaussian_from_uniform(u: torch.Tensor, low: float, high: float, mean: torch.Tensor,
+                          factor: torch.Tensor) -> torch.Tensor:
+    """Rows of N(mean, factor factor^T) made from rows of U[low, high) noise, clamped to [low, high].
+
+    Each uniform becomes a standard normal by the inverse CDF, z = sqrt(2) erfinv(2p - 1) with
+    p = (u - low) / (high - low) kept within [2^-24, 1 - 2^-24] (so |z| < 5.4), and a row is
+    mean + factor z. In float32 (float64 for float64 u), returned in u's dtype.
+    """
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    flat = u.reshape(u.shape[0], -1).to(compute)
+    p = ((flat - low) / (high - low)).clamp(2.0**-24, 1 - 2.0**-24)
+    z = torch.erfinv(2 * p - 1) * 2**0.5
+    rows = mean.to(compute) + z @ factor.to(compute).T
+    return rows.clamp(low, high).reshape(u.shape).to(u.dtype)
