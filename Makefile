@@ -24,9 +24,10 @@ install:
 	  $(PIP) install -q --no-build-isolation -e ".[dev]" && echo "$$want" > $(BUILD_STAMP); \
 	fi
 
-# The CPU suite, then the Triton interpreter lane (the tests marked `interpreter`) in its own process:
+# The linter (ruff, configured in pyproject.toml), the CPU suite, then the Triton interpreter lane (the tests marked `interpreter`) in its own process:
 # TRITON_INTERPRET=1 must be set before triton's import.
 test: install
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest tests
 	TRITON_INTERPRET=1 $(PYTHON) -m pytest tests -p no:cacheprovider
 

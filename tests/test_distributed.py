@@ -9,15 +9,14 @@ single-process one. The ranks of the interpreter lane inherit TRITON_INTERPRET=1
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.distributed as dist
 from backends import LOSS_BACKENDS, REFERENCE
+from gloo_ranks import WORLD, run_ranks
 
 from gedi_fast import GEDILoss, reference, sinkhorn_knopp
 from gedi_fast.kernels import gedi_terms as fused
-from gloo_ranks import WORLD, run_ranks
 
 K = 7
 # How close each backend's ranks come to one float64 process: exact up to rounding on the reference,

@@ -133,7 +133,8 @@ def test_graphed_training_steps_equal_eager_steps(tmp_path, precision):
 
 
 def test_image_fast_path_on_cuda_resolves_to_bf16_channels_last_and_graphs_like_eager(tmp_path):
-    from tests.test_fast_path import SMALL as IMAGES, tiny_images
+    from tests.test_fast_path import SMALL as IMAGES
+    from tests.test_fast_path import tiny_images
 
     settings = dict(IMAGES, device="cuda", tf32=False)
     eager = GEDITrainer(TrainConfig(**settings, cuda_graph=False), tmp_path / "e", tiny_images())
