@@ -61,7 +61,10 @@ if __name__ == "__main__":
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
-        packages=find_packages(include=["gedi_fast", "gedi_fast.*"]),
+        # The Triton kernels live beside csrc/ at the top level (the two kernel languages side by side) and
+        # install as gedi_fast.kernels.
+        packages=[*find_packages(include=["gedi_fast", "gedi_fast.*"]), "gedi_fast.kernels"],
+        package_dir={"gedi_fast.kernels": "kernels"},
         package_data={"gedi_fast": ["py.typed"]},  # the package's type hints are for its users too (PEP 561)
         ext_modules=extension_modules(),
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -58,12 +58,25 @@ def test_ops_are_registered_after_import():
 
 
 def test_kernels_are_imported_from_where_they_live(tmp_path):
+    """The Triton kernels sit in the top-level kernels/ and install as gedi_fast.kernels (editable here)."""
     import gedi_fast.kernels
 
-    assert pathlib.Path(gedi_fast.kernels.__file__).parent == ROOT / "gedi_fast" / "kernels"
-    probe = "import importlib.util, gedi_fast.kernels; print(importlib.util.find_spec('kernels') is None)"
+    assert pathlib.Path(gedi_fast.kernels.__file__).parent == ROOT / "kernels"
+    probe = ("import importlib.util, pathlib, gedi_fast.kernels; "
+             "print(importlib.util.find_spec('kernels') is None, pathlib.Path(gedi_fast.kernels.__file__).parent)")
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "True"  # no top-level `kernels` module outside the source tree
+    absent, folder = result.stdout.split()
+    assert absent == "True"  # no top-level `kernels` module outside the source tree
+    assert pathlib.Path(folder) == ROOT / "kernels"
+
+
+def test_a_wheel_puts_the_kernels_under_gedi_fast(tmp_path):
+    """What a wheel holds: build_py lays the packages out as they install (the extension is not compiled)."""
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=ROOT, check=True,
+                   capture_output=True)
+    for source in (ROOT / "kernels").glob("*.py"):
+        assert (tmp_path / "gedi_fast" / "kernels" / source.name).read_bytes() == source.read_bytes(), source.name
+    assert not (tmp_path / "kernels").exists()
 
 
 def cuda_sources() -> list[pathlib.Path]:

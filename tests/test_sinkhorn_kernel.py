@@ -1,4 +1,4 @@
-"""gedi_fast/kernels/sinkhorn.py under the Triton interpreter: every schedule against the float64 reference.
+"""kernels/sinkhorn.py (gedi_fast.kernels.sinkhorn) under the Triton interpreter: every schedule against the float64 reference.
 
 Tolerances: atol 1e-5 against float64 where the fp32 logits S / eps are moderate (SwAV scale). With
 scores up to 1e4 and eps 0.01, S / eps (~1e6) itself carries fp32 rounding that no fp32 code avoids,
