@@ -304,13 +304,28 @@ def export_command(args: argparse.Namespace) -> int:
 def _write_report(args: argparse.Namespace, path: str, title: str, minutes: float, body: str,
                   question: str = "") -> pathlib.Path:
     """A Markdown report: the title, the question asked, the command as typed, where and how long it ran."""
-    command = " ".join(["gedi-fast", *(sys.argv[1:] if args.argv is None else args.argv)])
+    command = " ".join(["gedi-fast", *map(_portable, sys.argv[1:] if args.argv is None else args.argv)])
     lead = f"{question}\n\n" if question else ""
     report = pathlib.Path(path)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(f"# {title}\n\n{lead}Command: `{command}`\n\nRun: {_machine()}; {minutes:.0f} min wall.\n\n"
                       f"{body}\n")
     return report
+
+
+def _portable(argument: str) -> str:
+    """A command-line word as a report records it: a path under the working folder relative to it, one
+    under the home folder as ~/..., so that a report names no user's or machine's folders."""
+    key, sep, value = argument.partition("=")
+    if not (sep and os.path.isabs(value)):  # not KEY=PATH (--out=PATH, --set data_root=PATH): the word itself
+        key, sep, value = "", "", argument
+    if os.path.isabs(value):
+        path, here, home = pathlib.Path(value), pathlib.Path.cwd(), pathlib.Path.home()
+        if path.is_relative_to(here):
+            value = str(path.relative_to(here)) or "."
+        elif path.is_relative_to(home):
+            value = str(pathlib.Path("~") / path.relative_to(home))
+    return f"{key}{sep}{value}"
 
 
 def triad_command(args: argparse.Namespace) -> int:
@@ -321,7 +336,8 @@ def triad_command(args: argparse.Namespace) -> int:
     results = triad.run(args.datasets, range(args.seeds), args.steps, args.out, base, jobs=args.jobs)
     minutes = (time.perf_counter() - started) / 60
     table = triad.markdown_table(results, args.datasets)
-    report = _write_report(args, args.report, "The failure-mode triad on our data", minutes, table)
+    report = _write_report(args, args.report or f"{args.out}/RESULTS.md", "The failure-mode triad on our data",
+                           minutes, table)
     print(table)
     print(f"table: {report}")
     return 0
@@ -339,7 +355,7 @@ def study_command(args: argparse.Namespace) -> int:
                               train=study.train)
     minutes = (time.perf_counter() - started) / 60
     studies.save_results(results, runs / "results.json")
-    report_path = pathlib.Path(args.report or f"docs/studies/{args.name}.md")
+    report_path = pathlib.Path(args.report or runs / f"{args.name}.md")
     body = studies.markdown_table(study, results)
     if study.summary is not None:
         body += "\n\n" + study.summary(study, results)
@@ -362,7 +378,7 @@ def images_command(args: argparse.Namespace) -> int:
     results, ood = image_study.run(range(args.seeds), args.out, base, args.jobs, args.datasets)
     minutes = (time.perf_counter() - started) / 60
     tables = f"{image_study.clustering_table(results, args.datasets)}\n\n{image_study.ood_table(ood, args.datasets)}"
-    report = _write_report(args, args.report, "GEDI on images", minutes, tables)
+    report = _write_report(args, args.report or f"{args.out}/RESULTS.md", "GEDI on images", minutes, tables)
     print(tables)
     print(f"tables: {report}; runs (metrics.json, PNGs) under {args.out}")
     return 0
@@ -451,7 +467,8 @@ def parser() -> argparse.ArgumentParser:
     triad.add_argument("--seeds", type=positive_int, default=5)
     triad.add_argument("--steps", type=int, help="training steps per run (default: TrainConfig.steps)")
     triad.add_argument("--out", default="runs/triad", help="folder for the runs")
-    triad.add_argument("--report", default="docs/RESULTS.md", help="where the Markdown table goes")
+    triad.add_argument("--report", help="where the Markdown table goes (default: OUT/RESULTS.md; the curated "
+                       "docs/RESULTS.md changes only by hand)")
     triad.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, one CPU thread each")
     triad.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help=f"a TrainConfig setting for every run (default), one of: {settings_help()}")
@@ -463,7 +480,8 @@ def parser() -> argparse.ArgumentParser:
     study.add_argument("--seeds", type=positive_int, help="seeds per variant (default: the study's, 3)")
     study.add_argument("--steps", type=int, help="training steps per run (default: TrainConfig.steps)")
     study.add_argument("--out", help="folder for the runs (default: runs/study_NAME)")
-    study.add_argument("--report", help="where the Markdown table goes (default: docs/studies/NAME.md)")
+    study.add_argument("--report", help="where the Markdown table goes, its figures beside it (default: OUT/NAME.md; "
+                       "docs/studies/ changes only by hand)")
     study.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, one CPU thread each")
     study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help=f"a TrainConfig setting for every run (default), one of: {settings_help()}")
@@ -474,7 +492,7 @@ def parser() -> argparse.ArgumentParser:
                         choices=["mnist5k", "fashion-mnist"])
     images.add_argument("--seeds", type=positive_int, default=3)
     images.add_argument("--out", default="runs/images", help="folder for the runs")
-    images.add_argument("--report", default="runs/images/RESULTS.md", help="where the Markdown tables go")
+    images.add_argument("--report", help="where the Markdown tables go (default: OUT/RESULTS.md)")
     images.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, one CPU thread each")
     images.add_argument("--device", default="cpu")
     images.add_argument("--data-root", help="folder holding Fashion-MNIST's IDX files when not Debian's")

@@ -247,3 +247,22 @@ def test_bad_config_files_are_one_clear_line(tmp_path, capsys, content, message)
     assert "cannot read it" in capsys.readouterr().err
     assert main(["train", "--config", str(settings), "--out", str(tmp_path), "--resume"]) == 2
     assert "--config starts a new run" in capsys.readouterr().err
+
+
+def test_reports_default_to_the_run_folder_and_record_no_local_paths(tmp_path, monkeypatch):
+    from gedi_fast import cli
+
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    assert cli._portable(str(work / "runs" / "x")) == "runs/x"
+    assert cli._portable(f"--out={work / 'a'}") == "--out=a"
+    assert cli._portable(str(home / "data")) == "~/data"
+    assert cli._portable("/srv/data") == "/srv/data" and cli._portable("moons") == "moons"
+    assert main(["triad", "--datasets", "blobs", "--seeds", "1", "--steps", "2", "--out", str(work / "runs"),
+                 "--set", f"data_root={home / 'data'}", *FAST]) == 0
+    text = (work / "runs" / "RESULTS.md").read_text()
+    assert "--out runs --set data_root=~/data" in text and str(tmp_path) not in text.split("Run:")[0]
+    for command in (["triad"], ["study", "queue"], ["images"]):
+        assert cli.parser().parse_args(command).report is None  # the default is under --out, never docs/
