@@ -154,7 +154,8 @@ def load_mnist5k(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
 
 
 def load_mnist5k_vectors(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
-    """MNIST-5k as standardised 784-vectors (the MLP's input), the same split as `load_mnist5k`."""
+    """MNIST-5k as standardised 784-vectors (the MLP's input), the same split as `load_mnist5k`. Its raw
+    values, what a trained run's `assign` takes, are the pixels divided by 255."""
     table = _mnist5k_rows()
     return _vectors("mnist5k-vectors", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), seed, view_noise=1.0,
                     pixels=(28, 28))

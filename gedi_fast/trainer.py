@@ -33,15 +33,13 @@ from gedi_fast.precision import resolve_memory_format, resolve_precision, tf32_s
 from gedi_fast.queue import LogitQueue
 from gedi_fast.reference import fit_gaussian_start
 from gedi_fast.rollback import RESEED_STRIDE, Recovery
-from gedi_fast.run_log import EVERY_STEP, RunLog, StepTerms
+from gedi_fast.run_log import EVERY_STEP, STEP_TERMS, RunLog, StepTerms
 from gedi_fast.sampler import SGLDSampler
 
 __all__ = ["CHECKPOINT_NAME", "RESEED_STRIDE", "RESUME_CHANGEABLE", "GEDITrainer", "TrainConfig", "TrainingStopped"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
-
-LOGGED_TERMS = ("gen", "inv", "prior", "energy_reg")
 # The parts of a training step as torch.profiler labels them (benchmarks/profile_step.py reads them).
 STEP_PHASES = ("step:views", "step:sgld_chain", "step:forward_loss", "step:backward", "step:optimiser")
 # What gloo and NCCL say when a peer is gone or a collective ran past the process group's timeout.
@@ -303,7 +301,7 @@ class GEDITrainer:
     def _log_line(self, record: dict, until: int, started: float, first: int) -> str:
         per_step = (time.perf_counter() - started) / max(self.step - first, 1)
         eta = datetime.timedelta(seconds=round(per_step * (until - self.step)))
-        terms = " ".join(f"{name}={record[name]:.4g}" for name in ("loss", *LOGGED_TERMS))
+        terms = " ".join(f"{name}={record[name]:.4g}" for name in STEP_TERMS)
         return f"step {self.step}/{until} {terms} {record['samples_per_s']:.0f} samples/s ETA {eta}"
 
     def sampler_seed(self) -> int:
