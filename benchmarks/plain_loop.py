@@ -13,10 +13,10 @@ import torch
 
 from benchmarks.reference_sampler import ReferenceSampler
 from gedi_fast import SGLDSampler
-from gedi_fast.augment import affine_images, augment_images
-from gedi_fast.data import Dataset
-from gedi_fast.models import build_model
-from gedi_fast.trainer import TrainConfig
+from gedi_fast.train.augment import affine_images, augment_images
+from gedi_fast.train.data import Dataset
+from gedi_fast.train.models import build_model
+from gedi_fast.train.trainer import TrainConfig
 
 AUGMENTATIONS = {"affine": affine_images, "image": augment_images}
 

@@ -19,9 +19,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from gedi_fast.cli import parse_settings
-from gedi_fast.data import load_dataset
-from gedi_fast.presets import preset_settings
-from gedi_fast.trainer import STEP_PHASES, GEDITrainer, TrainConfig
+from gedi_fast.train.data import load_dataset
+from gedi_fast.train.presets import preset_settings
+from gedi_fast.train.trainer import STEP_PHASES, GEDITrainer, TrainConfig
 
 HOST_SYNCS = ("aten::item", "aten::_local_scalar_dense")
 ALLOCATIONS = ("aten::empty", "aten::empty_strided", "aten::empty_like", "aten::zeros", "aten::zeros_like")
@@ -82,7 +82,7 @@ def report(trainer: GEDITrainer, steps: int, timed: int, top: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist5k")
-    parser.add_argument("--preset", default="auto", help="a gedi_fast.presets name (auto: by the dataset's kind)")
+    parser.add_argument("--preset", default="auto", help="a gedi_fast.train.presets name (auto: by the dataset's kind)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=5, help="profiled steps")
     parser.add_argument("--timed", type=int, default=10, help="steps timed without the profiler")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from benchmarks.harness import DEVICE, QUICK
-from gedi_fast.trainer import TrainConfig
+from gedi_fast.train.trainer import TrainConfig
 
 # (B, K) of Sinkhorn-Knopp and the GEDI terms.
 LOGIT_SHAPES = [(256, 10), (1024, 100), (64, 3000), (4096, 3000), (32768, 1000), (4096, 65536)]

@@ -20,9 +20,9 @@ from benchmarks.harness import DEVICE, QUICK, Case
 from benchmarks.reference_sampler import ReferenceSampler
 from benchmarks.test_bench_train_step import OUT, dataset
 from gedi_fast import GEDILoss, SGLDConfig, SGLDSampler
-from gedi_fast.models import build_model
 from gedi_fast.precision import tf32_switches
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train.models import build_model
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 IMPLS = ("eager", "ours", "ours_nograph")
 # model -> (sample shape, clusters): the MLP 2-256-256-2 on moons, the SmallResNet on 32x32 images.

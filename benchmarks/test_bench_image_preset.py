@@ -13,9 +13,9 @@ import tempfile
 import pytest
 import torch
 
-from gedi_fast.data import Dataset
-from gedi_fast.presets import PRESETS
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train.data import Dataset
+from gedi_fast.train.presets import PRESETS
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 OUT = pathlib.Path(tempfile.gettempdir(), "gedi_fast_bench")  # never written: a step does not checkpoint
 VARIANTS = {

@@ -17,8 +17,8 @@ from benchmarks.harness import Case, params
 from benchmarks.plain_loop import PlainLoop
 from benchmarks.test_bench_image_preset import OUT, images
 from gedi_fast.precision import native_bf16
-from gedi_fast.presets import PRESETS
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train.presets import PRESETS
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 CASE = Case("train_step_vs_plain_loop", "cpu-images", (PRESETS["cpu-images"]["batch_size"], 1, 28, 28))
 

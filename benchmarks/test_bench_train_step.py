@@ -20,8 +20,8 @@ from benchmarks.harness import DEVICE, Case, params
 from benchmarks.reference_sampler import ReferenceSampler
 from benchmarks.sizes import train_steps
 from gedi_fast import GEDILoss
-from gedi_fast.data import Dataset, load_dataset
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train.data import Dataset, load_dataset
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 IMAGE_CLASSES = 10
 IMAGE_SAMPLES = 2048

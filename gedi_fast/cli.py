@@ -15,19 +15,19 @@ import time
 import numpy as np
 import torch
 
-from gedi_fast import launch, run_folder, stopping
-from gedi_fast.clusterer import EXPORT_FORMATS, export, load_run
 from gedi_fast.command import version_line
-from gedi_fast.config import SETTINGS, SGLD_SETTINGS, setting_types
-from gedi_fast.data import DATASET_KINDS, LOADERS, DatasetUnavailable, load_dataset
-from gedi_fast.metrics import merge_into_metrics_json
-from gedi_fast.ood import record_ood, require_same_shape
-from gedi_fast.plots import plot_ood, plot_run
-from gedi_fast.presets import CHOICES as PRESET_CHOICES
-from gedi_fast.presets import preset_settings
-from gedi_fast.sample_quality import CACHE_ENV, fid_report
-from gedi_fast.studies import STUDIES
-from gedi_fast.trainer import (
+from gedi_fast.experiments.studies import STUDIES
+from gedi_fast.train import launch, run_folder, stopping
+from gedi_fast.train.clusterer import EXPORT_FORMATS, export, load_run
+from gedi_fast.train.config import SETTINGS, SGLD_SETTINGS, setting_types
+from gedi_fast.train.data import DATASET_KINDS, LOADERS, DatasetUnavailable, load_dataset
+from gedi_fast.train.metrics import merge_into_metrics_json
+from gedi_fast.train.ood import record_ood, require_same_shape
+from gedi_fast.train.plots import plot_ood, plot_run
+from gedi_fast.train.presets import CHOICES as PRESET_CHOICES
+from gedi_fast.train.presets import preset_settings
+from gedi_fast.train.sample_quality import CACHE_ENV, fid_report
+from gedi_fast.train.trainer import (
     CHECKPOINT_NAME,
     RESUME_CHANGEABLE,
     GEDITrainer,
@@ -329,7 +329,7 @@ def _portable(argument: str) -> str:
 
 
 def triad_command(args: argparse.Namespace) -> int:
-    from gedi_fast import triad
+    from gedi_fast.experiments import triad
 
     base = TrainConfig.from_settings(**parse_settings(args.set))
     started = time.perf_counter()
@@ -344,7 +344,7 @@ def triad_command(args: argparse.Namespace) -> int:
 
 
 def study_command(args: argparse.Namespace) -> int:
-    from gedi_fast import studies, triad
+    from gedi_fast.experiments import studies, triad
 
     study = STUDIES[args.name]
     seeds = study.seeds if args.seeds is None else args.seeds
@@ -370,14 +370,14 @@ def study_command(args: argparse.Namespace) -> int:
 
 
 def images_command(args: argparse.Namespace) -> int:
-    from gedi_fast import image_study
+    from gedi_fast.experiments import images
 
     settings = preset_settings(args.preset, "image", args.device) | parse_settings(args.set)
     base = TrainConfig.from_settings(**settings | {"device": args.device, "data_root": args.data_root})
     started = time.perf_counter()
-    results, ood = image_study.run(range(args.seeds), args.out, base, args.jobs, args.datasets)
+    results, ood = images.run(range(args.seeds), args.out, base, args.jobs, args.datasets)
     minutes = (time.perf_counter() - started) / 60
-    tables = f"{image_study.clustering_table(results, args.datasets)}\n\n{image_study.ood_table(ood, args.datasets)}"
+    tables = f"{images.clustering_table(results, args.datasets)}\n\n{images.ood_table(ood, args.datasets)}"
     report = _write_report(args, args.report or f"{args.out}/RESULTS.md", "GEDI on images", minutes, tables)
     print(tables)
     print(f"tables: {report}; runs (metrics.json, PNGs) under {args.out}")

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from gedi_fast import GEDILoss, SGLDConfig, SGLDSampler, buffer_draw, checkpoint, reference, sgld_step_, sinkhorn_knopp
+from gedi_fast import GEDILoss, SGLDConfig, SGLDSampler, buffer_draw, reference, sgld_step_, sinkhorn_knopp
 from gedi_fast.cli import main
-from gedi_fast.data import DatasetUnavailable, load_dataset
-from gedi_fast.models import MLPClusterer
-from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+from gedi_fast.train import checkpoint
+from gedi_fast.train.data import DatasetUnavailable, load_dataset
+from gedi_fast.train.models import MLPClusterer
+from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 Z = torch.zeros(4, 3)
 X = torch.zeros(4)

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from gedi_fast import checkpoint
 from gedi_fast.cli import main
-from gedi_fast.config import SETTINGS
+from gedi_fast.train import checkpoint
+from gedi_fast.train.config import SETTINGS
 
 FAST = ["--set", "batch_size=32", "--set", "hidden=32", "--set", "sgld_steps=2", "--set", "buffer_size=64",
         "--set", "log_every=5"]
@@ -156,8 +156,8 @@ def test_triad_writes_a_table_with_every_variant_and_kmeans(tmp_path, capsys):
 def test_a_study_writes_one_row_per_dataset_and_method(tmp_path, monkeypatch):
     import dataclasses
 
-    from gedi_fast import checkpoint
-    from gedi_fast.studies import STUDIES
+    from gedi_fast.experiments.studies import STUDIES
+    from gedi_fast.train import checkpoint
 
     queue = STUDIES["queue"]
     monkeypatch.setitem(STUDIES, "queue", dataclasses.replace(
@@ -177,8 +177,8 @@ def test_a_study_writes_one_row_per_dataset_and_method(tmp_path, monkeypatch):
 
 
 def test_triad_scores_do_not_depend_on_parallel_jobs(tmp_path):
-    from gedi_fast import triad
-    from gedi_fast.trainer import TrainConfig
+    from gedi_fast.experiments import triad
+    from gedi_fast.train.trainer import TrainConfig
 
     base = TrainConfig(batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=64), log_every=5)
     serial = triad.run(["blobs"], range(2), 4, tmp_path / "a", base, log=lambda _: None)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from gedi_fast import checkpoint, reference
+from gedi_fast import reference
 from gedi_fast.cli import main
-from gedi_fast.clusterer import export, load_run
-from gedi_fast.data import Dataset
-from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+from gedi_fast.train import checkpoint
+from gedi_fast.train.clusterer import export, load_run
+from gedi_fast.train.data import Dataset
+from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MOONS = dict(steps=20, batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=64), log_every=10,

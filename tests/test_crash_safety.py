@@ -14,8 +14,8 @@ import warnings
 import pytest
 import torch
 
-from gedi_fast import checkpoint, run_folder
-from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+from gedi_fast.train import checkpoint, run_folder
+from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = dict(steps=20, batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=100), log_every=5, checkpoint_every=5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gedi_fast import data
+from gedi_fast.train import data
 
 
 @pytest.mark.parametrize("name,classes,dim", [("moons", 2, 2), ("circles", 2, 2), ("blobs", 4, 2), ("digits", 10, 64),

@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gedi_fast import checkpoint, run_folder
-from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+from gedi_fast.train import checkpoint, run_folder
+from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 WORLD = 2
 # No sampler, so the only randomness is the shared data stream; the views keep their default jitter.

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from gedi_fast import checkpoint
-from gedi_fast.plots import plot_run
-from gedi_fast.trainer import CHECKPOINT_NAME, RESEED_STRIDE, GEDITrainer, TrainConfig
+from gedi_fast.train import checkpoint
+from gedi_fast.train.plots import plot_run
+from gedi_fast.train.trainer import CHECKPOINT_NAME, RESEED_STRIDE, GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = dict(steps=20, batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=100), log_every=5, checkpoint_every=10)

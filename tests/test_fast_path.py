@@ -11,9 +11,9 @@ import torch
 
 from gedi_fast import precision
 from gedi_fast.cli import main
-from gedi_fast.data import Dataset
-from gedi_fast.models import MLPClusterer, SmallResNet
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train.data import Dataset
+from gedi_fast.train.models import MLPClusterer, SmallResNet
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 SMALL = dict(dataset="tiny-images", steps=4, batch_size=6, width=8, stem_stride=2, sgld_samples=4,
              sgld=dict(steps=2, buffer_size=16), log_every=2, checkpoint_every=2)

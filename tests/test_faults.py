@@ -19,9 +19,9 @@ import uuid
 import pytest
 import torch
 
-from gedi_fast import checkpoint, run_folder
 from gedi_fast.cli import main
-from gedi_fast.trainer import CHECKPOINT_NAME
+from gedi_fast.train import checkpoint, run_folder
+from gedi_fast.train.trainer import CHECKPOINT_NAME
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = ["--dataset", "moons", "--set", "batch_size=32", "--set", "hidden=32", "--set", "sgld_steps=2",

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from gedi_fast import SGLDConfig, SGLDSampler
-from gedi_fast.models import MLPClusterer, SmallResNet
 from gedi_fast.precision import tf32_switches
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train.models import MLPClusterer, SmallResNet
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.gpu
 CONFIG = SGLDConfig(steps=5, step_size=0.1, noise_std=0.05, buffer_size=64, reinit_prob=0.2, clamp=(-1.5, 1.5))

@@ -14,13 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from gedi_fast import image_study, ood, plots, reference
-from gedi_fast.augment import affine_images, grey_dilation3
+from gedi_fast import reference
 from gedi_fast.cli import main
-from gedi_fast.data import DATASET_KINDS, LOADERS, Dataset
-from gedi_fast.models import SmallResNet, build_model
-from gedi_fast.presets import PRESETS, preset_settings
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.experiments import images
+from gedi_fast.train import ood, plots
+from gedi_fast.train.augment import affine_images, grey_dilation3
+from gedi_fast.train.data import DATASET_KINDS, LOADERS, Dataset
+from gedi_fast.train.models import SmallResNet, build_model
+from gedi_fast.train.presets import PRESETS, preset_settings
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend not installed")
 TINY = ["--set", "batch_size=8", "--set", "width=4", "--set", "sgld_steps=2", "--set", "sgld_samples=4",
@@ -236,8 +238,8 @@ def test_image_study_tables_from_tiny_runs(tmp_path, one_thread):
     base = TrainConfig.from_settings(**PRESETS["cpu-images"] | dict(steps=2, batch_size=8, width=4, sgld_steps=1,
                                                                     sgld_samples=4, buffer_size=16,
                                                                     data_root=str(fashion)))
-    results, reports = image_study.run(range(2), tmp_path / "runs", base, log=lambda line: None)
-    clustering, detection = image_study.clustering_table(results), image_study.ood_table(reports)
+    results, reports = images.run(range(2), tmp_path / "runs", base, log=lambda line: None)
+    clustering, detection = images.clustering_table(results), images.ood_table(reports)
     for variant in ("GEDI (full)", "without gen", "k-means"):
         for dataset in ("mnist5k", "fashion-mnist"):
             assert f"| {variant} | {dataset} |" in clustering

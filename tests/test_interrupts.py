@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from gedi_fast import checkpoint, stopping
 from gedi_fast.cli import main
-from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+from gedi_fast.train import checkpoint, stopping
+from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 FLAGS = ["--dataset", "moons", "--steps", "100000", "--set", "hidden=16", "--set", "batch_size=16", "--set",
          "sgld_steps=1", "--set", "buffer_size=64", "--set", "log_every=10", "--set", "checkpoint_every=100000"]

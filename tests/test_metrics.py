@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gedi_fast import metrics
+from gedi_fast.train import metrics
 
 
 def test_perfect_clustering_up_to_a_permutation():

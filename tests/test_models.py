@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gedi_fast.models import MLPClusterer, SmallResNet, build_model
+from gedi_fast.train.models import MLPClusterer, SmallResNet, build_model
 
 
 @pytest.mark.parametrize("shape,clusters,kind", [((2,), 2, MLPClusterer), ((64,), 13, MLPClusterer),

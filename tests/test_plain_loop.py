@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.plain_loop import PlainLoop, plain_gedi_loss
 from gedi_fast import GEDILoss
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 from tests.test_fast_path import SMALL, tiny_images
 
 WEIGHTS = dict(temperature=0.1, gen_weight=1.0, inv_weight=1.0, prior_weight=3.0, energy_reg=0.1)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from matplotlib.markers import MarkerStyle
 
-from gedi_fast import plots
-from gedi_fast.data import load_dataset
-from gedi_fast.run_log import EVERY_STEP, STEP_TERMS
+from gedi_fast.train import plots
+from gedi_fast.train.data import load_dataset
+from gedi_fast.train.run_log import EVERY_STEP, STEP_TERMS
 
 
 def test_flattened_grey_images_become_a_grid_of_tiles(gen):

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from gedi_fast import probes, reference
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast import reference
+from gedi_fast.experiments import probes
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 SMALL = dict(steps=12, batch_size=24, hidden=24, sgld=dict(steps=2, buffer_size=50), sgld_samples=9, log_every=4,
              checkpoint_every=100, dataset="digits", clusters=7)

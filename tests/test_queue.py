@@ -11,7 +11,7 @@ from gloo_ranks import WORLD, run_ranks
 from gedi_fast import GEDILoss, reference
 from gedi_fast.ops import ASSIGNMENTS
 from gedi_fast.queue import LogitQueue
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 T = 0.3
 SETTINGS = dict(temperature=T, gen_weight=0.7, inv_weight=1.3, prior_weight=0.9, energy_reg=0.05, sinkhorn_eps=0.2,
@@ -139,7 +139,7 @@ def test_resuming_a_queued_run_is_exact(tmp_path):
 def test_a_rollback_restores_the_queue(tmp_path):
     trainer = GEDITrainer(TrainConfig(**QUEUED_RUN), tmp_path)
     trainer.train(until=2)
-    from gedi_fast.rollback import roll_back, snapshot
+    from gedi_fast.train.recovery import roll_back, snapshot
 
     good = snapshot(trainer)
     kept = trainer.loss_fn.queue.logits.clone()

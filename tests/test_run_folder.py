@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from gedi_fast import checkpoint, run_folder
 from gedi_fast.cli import main
+from gedi_fast.train import checkpoint, run_folder
 
 TINY = ["--steps", "2", "--set", "hidden=8", "--set", "batch_size=16", "--set", "sgld_steps=1",
         "--set", "buffer_size=32"]

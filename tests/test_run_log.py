@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from gedi_fast.run_log import EVERY_STEP, LOG_NAME, STEP_TERMS, TENSORBOARD_NAME
-from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+from gedi_fast.train.run_log import EVERY_STEP, LOG_NAME, STEP_TERMS, TENSORBOARD_NAME
+from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = dict(steps=20, batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=100), log_every=5, checkpoint_every=10)

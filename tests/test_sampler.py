@@ -9,9 +9,9 @@ import torch
 
 from gedi_fast import SGLDConfig, SGLDSampler, buffer_draw, reference, sgld_step_
 from gedi_fast import sampler as sampler_module
-from gedi_fast.models import MLPClusterer
 from gedi_fast.reference import energy_grad
 from gedi_fast.rng import call_key, mix32
+from gedi_fast.train.models import MLPClusterer
 
 CENTRES = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
 

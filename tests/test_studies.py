@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from gedi_fast import studies, triad
 from gedi_fast.cli import main
-from gedi_fast.data import MANY_BLOBS, load_dataset
-from gedi_fast.presets import PRESETS
-from gedi_fast.trainer import TrainConfig
+from gedi_fast.experiments import studies, triad
+from gedi_fast.train.data import MANY_BLOBS, load_dataset
+from gedi_fast.train.presets import PRESETS
+from gedi_fast.train.trainer import TrainConfig
 
 FAST = ["--set", "batch_size=32", "--set", "hidden=32", "--set", "sgld_steps=2", "--set", "buffer_size=64",
         "--set", "log_every=5", "--set", "sgld_samples=8"]

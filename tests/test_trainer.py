@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from gedi_fast import checkpoint
-from gedi_fast.augment import augment_images, rotate_and_jitter
-from gedi_fast.data import load_dataset
-from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+from gedi_fast.train import checkpoint
+from gedi_fast.train.augment import augment_images, rotate_and_jitter
+from gedi_fast.train.data import load_dataset
+from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 SMALL = dict(steps=20, batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=100), log_every=5, checkpoint_every=100)
 

@@ -39,7 +39,7 @@ class TrainConfig:
     """Every knob of a run; saved in each checkpoint and in metrics.json.
 
     The defaults are the ones docs/RESULTS.md measures (moons, circles, digits); image runs take a
-    preset on top (gedi_fast.presets: cpu-images, paper-images). SGLD uses small
+    preset on top (gedi_fast.train.presets: cpu-images, paper-images). SGLD uses small
     Langevin steps on vectors: JEM's step 1.0 / noise 0.01 are for images in [-1, 1]. energy_reg 0.1,
     the squared-energy penalty of energy-based model practice (Du and Mordatch 2019; JEM's code has
     none), keeps the energies bounded: without it, digits (seed 0) collapsed into one cluster

@@ -13,9 +13,9 @@ import pathlib
 import torch
 from torch import nn
 
-from gedi_fast import metrics
-from gedi_fast.data import Dataset
 from gedi_fast.reference import energy
+from gedi_fast.train import metrics
+from gedi_fast.train.data import Dataset
 
 EVAL_ROWS = 1024  # rows per forward when scoring a split: bounds memory on 10k-image test sets
 

@@ -23,18 +23,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from gedi_fast import checkpoint, launch, metrics
-from gedi_fast.augment import affine_images, augment_images, jitter, rotate_and_jitter
-from gedi_fast.config import RESUME_CHANGEABLE, SETTINGS, TrainConfig
-from gedi_fast.data import Dataset, load_dataset
 from gedi_fast.loss import GEDILoss
-from gedi_fast.models import build_model
 from gedi_fast.precision import resolve_memory_format, resolve_precision, tf32_switches
 from gedi_fast.queue import LogitQueue
 from gedi_fast.reference import fit_gaussian_start
-from gedi_fast.rollback import RESEED_STRIDE, Recovery
-from gedi_fast.run_log import EVERY_STEP, STEP_TERMS, RunLog, StepTerms
 from gedi_fast.sampler import SGLDSampler
+from gedi_fast.train import checkpoint, launch, metrics
+from gedi_fast.train.augment import affine_images, augment_images, jitter, rotate_and_jitter
+from gedi_fast.train.config import RESUME_CHANGEABLE, SETTINGS, TrainConfig
+from gedi_fast.train.data import Dataset, load_dataset
+from gedi_fast.train.models import build_model
+from gedi_fast.train.recovery import RESEED_STRIDE, Recovery
+from gedi_fast.train.run_log import EVERY_STEP, STEP_TERMS, RunLog, StepTerms
 
 __all__ = ["CHECKPOINT_NAME", "RESEED_STRIDE", "RESUME_CHANGEABLE", "GEDITrainer", "TrainConfig", "TrainingStopped"]
 
@@ -198,7 +198,7 @@ class GEDITrainer:
         Under DDP the ranks agree (a max over a CPU flag, every step), so all stop at the same step.
         Rank 0 appends every log record and rollback to the run folder's log.jsonl and, with
         config.tensorboard where tensorboard is installed, writes them as TensorBoard scalars into
-        OUT/tensorboard/ (gedi_fast.run_log). A record also holds the loss and terms of every step since
+        OUT/tensorboard/ (gedi_fast.train.run_log). A record also holds the loss and terms of every step since
         the previous one, read at the log step.
 
         progress=True shows a tqdm bar with the latest loss (the CLI asks for one on a terminal);
@@ -207,7 +207,7 @@ class GEDITrainer:
         DDP every rank calls it with the same `until`. Logged terms are global (the loss is), and
         samples_per_s counts the global batch.
 
-        Divergence recovery (gedi_fast.rollback): at each log and checkpoint step, where the loop reads
+        Divergence recovery (gedi_fast.train.recovery): at each log and checkpoint step, where the loop reads
         values anyway (no other host sync), the state is checked. A good state is copied in memory and
         only a good state is checkpointed. A bad one rolls back to the last good copy, reseeds the
         replay buffer (a seed derived from the number of rollbacks so far), appends a record

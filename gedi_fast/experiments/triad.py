@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-from gedi_fast import metrics
-from gedi_fast.data import load_dataset
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train import metrics
+from gedi_fast.train.data import load_dataset
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 from gedi_fast.validation import require_int
 
 # Each variant: its TrainConfig settings (fields or flat SGLD names) on top of the base config.

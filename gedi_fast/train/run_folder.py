@@ -13,8 +13,8 @@ import os
 import pathlib
 from typing import Iterator
 
-from gedi_fast.checkpoint import previous_path
-from gedi_fast.trainer import CHECKPOINT_NAME
+from gedi_fast.train.checkpoint import previous_path
+from gedi_fast.train.trainer import CHECKPOINT_NAME
 
 LOCK_NAME = ".gedi-fast.lock"
 METRICS_NAME = "metrics.json"

@@ -1,9 +1,9 @@
 """Studies beyond the paper: a named question, the runs that answer it, and how their table reads.
 
 `gedi-fast study NAME` trains every case (a group of rows, a method, its TrainConfig settings) for
-every seed through gedi_fast.triad's runner, k-means beside each group, and writes one Markdown
+every seed through gedi_fast.experiments.triad's runner, k-means beside each group, and writes one Markdown
 table (a row per group and method: NMI, ACC, cluster balance, training wall time and the study's own
-columns), the study's summary lines and its figures (gedi_fast.study_plots).
+columns), the study's summary lines and its figures (gedi_fast.experiments.studies.figures).
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import pathlib
 import statistics
 from typing import Callable
 
-from gedi_fast import image_study, study_plots
-from gedi_fast.config import TrainConfig
-from gedi_fast.data import MANY_BLOBS
-from gedi_fast.presets import PRESETS
-from gedi_fast.probes import train_with_probes
-from gedi_fast.triad import VARIANTS, Case, cases, mean_std, train_one
+from gedi_fast.experiments import images
+from gedi_fast.experiments.probes import train_with_probes
+from gedi_fast.experiments.studies import figures
+from gedi_fast.experiments.triad import VARIANTS, Case, cases, mean_std, train_one
+from gedi_fast.train.config import TrainConfig
+from gedi_fast.train.data import MANY_BLOBS
+from gedi_fast.train.presets import PRESETS
 
 # Results as triad.run_cases gives them: {(method, group): [scores per seed]}.
 Results = dict[tuple[str, str], list[dict]]
@@ -72,7 +73,7 @@ def train_scoring_ood(config: TrainConfig, folder: pathlib.Path, threads: int | 
     scores = train_timed(config, folder, threads)
     partner = VECTOR_OOD_PARTNERS.get(config.dataset)
     if partner is not None:
-        report = image_study.ood_of_run(folder, partner)
+        report = images.ood_of_run(folder, partner)
         scores |= {"ood_energy_auroc": report["energy_auroc"], "ood_max_softmax_auroc": report["max_softmax_auroc"]}
     return scores
 
@@ -138,7 +139,7 @@ COLLAPSE_VARIANTS = {
     "without gen, prior 1": {**WITHOUT_GEN, "prior_weight": 1.0},
     "without gen, without prior": {**WITHOUT_GEN, "prior_weight": 0.0},
 }
-# The datasets' own view noise (gedi_fast.data: a test checks these), for the "views 1/10" variant.
+# The datasets' own view noise (gedi_fast.train.data: a test checks these), for the "views 1/10" variant.
 VIEW_NOISE = {"moons": 0.15, "digits": 1.0}
 
 
@@ -182,13 +183,13 @@ STUDIES: dict[str, Study] = {
                  Column("lowest effective rank in training", "min_effective_rank", 1),
                  Column("logit spread", "logit_spread", 2),
                  Column("cos(inv, prior) gradients", "cos_inv_prior", 2)),
-        figures=study_plots.collapse_figures,
+        figures=figures.collapse_figures,
     ),
     "clusters": Study(
         "How does GEDI scale with the number of clusters K (true clusters on blobs, over-clustering on digits)?",
         _cluster_cases(),
         columns=(Column("clusters used", "clusters_used", 1),),
-        figures=study_plots.cluster_figures,
+        figures=figures.cluster_figures,
     ),
     "precision": Study(
         "Does the fast path (precision and memory_format 'auto') learn what fp32 learns, and how much sooner?",
@@ -204,7 +205,7 @@ STUDIES: dict[str, Study] = {
         columns=(Column("ms/step", "ms_per_step", 1), Column("OOD energy AUROC", "ood_energy_auroc"),
                  Column("OOD max-softmax AUROC", "ood_max_softmax_auroc")),
         summary=cheapest_within_best,
-        figures=study_plots.sgld_figures,
+        figures=figures.sgld_figures,
     ),
 }
 

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from gedi_fast import checkpoint, metrics
-from gedi_fast.data import Dataset
+from gedi_fast.train import checkpoint, metrics
+from gedi_fast.train.data import Dataset
 from gedi_fast.validation import require_int
 
 if TYPE_CHECKING:
-    from gedi_fast.trainer import GEDITrainer
+    from gedi_fast.train.trainer import GEDITrainer
 
 FID_ROWS = 1000
 CLASSIFIER_VERSION = 1  # bump when EvalClassifier or its training changes, so old caches are not reused

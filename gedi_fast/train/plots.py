@@ -19,11 +19,11 @@ from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from gedi_fast.ood import batched_logits  # noqa: E402
-from gedi_fast.run_log import EVERY_STEP, STEP_TERMS  # noqa: E402
+from gedi_fast.train.ood import batched_logits  # noqa: E402
+from gedi_fast.train.run_log import EVERY_STEP, STEP_TERMS  # noqa: E402
 
 if TYPE_CHECKING:
-    from gedi_fast.data import Dataset
+    from gedi_fast.train.data import Dataset
 
 PER_CLUSTER = 10  # images per row of a cluster grid
 CLASS_MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*")  # true classes on assignments.png, when no more than these

@@ -12,12 +12,12 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gedi_fast import probes, triad  # noqa: E402
-from gedi_fast.config import TrainConfig  # noqa: E402
-from gedi_fast.plots import save_figure  # noqa: E402
+from gedi_fast.experiments import probes, triad  # noqa: E402
+from gedi_fast.train.config import TrainConfig  # noqa: E402
+from gedi_fast.train.plots import save_figure  # noqa: E402
 
 if TYPE_CHECKING:
-    from gedi_fast.studies import Results, Study
+    from gedi_fast.experiments.studies import Results, Study
 
 
 def _clusters(runs: list[dict]) -> int:

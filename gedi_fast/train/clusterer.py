@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gedi_fast.data import load_dataset
-from gedi_fast.models import build_model
 from gedi_fast.reference.logits import scaled_log_softmax
-from gedi_fast.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+from gedi_fast.train.data import load_dataset
+from gedi_fast.train.models import build_model
+from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 from gedi_fast.validation import require_choice, require_int
 
 EXPORT_FORMATS = ("torch.export", "torchscript")

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from gedi_fast import metrics
 from gedi_fast.reference import TERM_NAMES
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train import metrics
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 PROBE_EVERY = 50  # training steps between probes
 PROBE_ROWS = 256  # training rows in the probe batch (fewer when the split is smaller)

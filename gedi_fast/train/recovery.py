@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from gedi_fast.trainer import GEDITrainer
+    from gedi_fast.train.trainer import GEDITrainer
 
 # After n divergence rollbacks the SGLD seed moves on by n * this (mod 2**63): a fresh buffer and noise stream.
 RESEED_STRIDE = 0xBF58476D1CE4E5B9

@@ -9,12 +9,12 @@ import statistics
 
 import numpy as np
 
-from gedi_fast import triad
-from gedi_fast.data import load_dataset
-from gedi_fast.ood import record_ood
-from gedi_fast.plots import plot_ood, plot_run
-from gedi_fast.presets import PRESETS
-from gedi_fast.trainer import GEDITrainer, TrainConfig
+from gedi_fast.experiments import triad
+from gedi_fast.train.data import load_dataset
+from gedi_fast.train.ood import record_ood
+from gedi_fast.train.plots import plot_ood, plot_run
+from gedi_fast.train.presets import PRESETS
+from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 DATASETS = ("mnist5k", "fashion-mnist")
 VARIANTS = {"GEDI (full)": {}, "without gen": dict(triad.VARIANTS["without gen"])}

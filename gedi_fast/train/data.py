@@ -50,7 +50,7 @@ class Dataset:
     view_noise: float = 0.15
     pixels: tuple[int, int] | None = None  # (H, W) when vector rows are flattened grey images (plots)
     # How the data's raw values became these inputs, input = (raw - input_offset) / input_scale (per
-    # feature for vectors): a trained run applies the same to new data (gedi_fast.clusterer).
+    # feature for vectors): a trained run applies the same to new data (gedi_fast.train.clusterer).
     input_offset: float | torch.Tensor = 0.0
     input_scale: float | torch.Tensor = 1.0
 
