@@ -1,21 +1,10 @@
 """The `gedi-fast` entry point. `--version` is answered from package metadata before the command line's
-imports (scikit-learn, matplotlib and scipy take seconds), which only the commands need."""
+imports (torch and the command's modules take seconds), which only the commands need."""
 from __future__ import annotations
 
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
-
-def version_line() -> str:
-    """gedi-fast's and torch's installed versions, as `gedi-fast --version` prints them."""
-
-    def installed(distribution: str) -> str:
-        try:
-            return version(distribution)
-        except PackageNotFoundError:
-            return "unknown (not installed)"
-
-    return f"gedi-fast {installed('gedi-fast')} (torch {installed('torch')})"
+from gedi_fast.version import version_line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ import torch
 
 from gedi_fast.train import checkpoint
 from gedi_fast.train.plots import plot_run
-from gedi_fast.train.trainer import CHECKPOINT_NAME, RESEED_STRIDE, GEDITrainer, TrainConfig
+from gedi_fast.train.seeds import RESEED_STRIDE
+from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = dict(steps=20, batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=100), log_every=5, checkpoint_every=10)

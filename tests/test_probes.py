@@ -9,6 +9,7 @@ import torch
 
 from gedi_fast import reference
 from gedi_fast.experiments import probes
+from gedi_fast.train import seeds
 from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 SMALL = dict(steps=12, batch_size=24, hidden=24, sgld=dict(steps=2, buffer_size=50), sgld_samples=9, log_every=4,
@@ -37,7 +38,7 @@ def test_a_probed_run_trains_exactly_like_an_unprobed_one(tmp_path):
 def _reference_gradients(trainer: GEDITrainer) -> dict[str, list[torch.Tensor]]:
     """Each weighted term's parameter gradients on the probe batch, from the reference terms in float64."""
     model = trainer.model.double()
-    generator = torch.Generator().manual_seed(trainer.config.seed + probes.PROBE_SEED_OFFSET)
+    generator = torch.Generator().manual_seed(trainer.config.seed + seeds.PROBE_BATCH)
     rows = torch.randint(0, len(trainer.train_x), (min(probes.PROBE_ROWS, len(trainer.train_x)),), generator=generator)
     view1, view2 = trainer.views(trainer.train_x[rows], generator)
     samples = trainer.sampler.buffer[:trainer.config.sgld_samples]

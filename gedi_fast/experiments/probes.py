@@ -14,12 +14,11 @@ import time
 import torch
 
 from gedi_fast.reference import TERM_NAMES
-from gedi_fast.train import metrics
+from gedi_fast.train import metrics, seeds
 from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 PROBE_EVERY = 50  # training steps between probes
 PROBE_ROWS = 256  # training rows in the probe batch (fewer when the split is smaller)
-PROBE_SEED_OFFSET = 7919  # the probe batch's stream: the run's seed plus this
 TRACE_NAME = "probes.json"
 
 
@@ -60,15 +59,12 @@ def collapse_probe(trainer: GEDITrainer) -> dict[str, float]:
 
 def _term_gradients(trainer: GEDITrainer) -> dict[str, float]:
     model, loss_fn = trainer.model, trainer.loss_fn
-    generator = torch.Generator(device=trainer.device).manual_seed(trainer.config.seed + PROBE_SEED_OFFSET)
+    generator = torch.Generator(device=trainer.device).manual_seed(trainer.config.seed + seeds.PROBE_BATCH)
     rows = torch.randint(0, len(trainer.train_x), (min(PROBE_ROWS, len(trainer.train_x)),), generator=generator,
                          device=trainer.device)
     view1, view2 = trainer.views(trainer.train_x[rows], generator)
     samples = trainer.sampler.buffer[:trainer.config.sgld_samples] if trainer.sampler is not None else None
-    logits = model(torch.cat([view1, view2] + ([] if samples is None else [samples])))
-    count = len(rows)
-    zn = logits[2 * count:] if samples is not None else None
-    _, terms = loss_fn(logits[:count], logits[count:2 * count], zn, return_terms=True)
+    _, terms = trainer.forward_loss(view1, view2, samples)
     layers = parameter_layers(model)
     params = [p for _, group in layers for p in group]
     result, flat = {}, {}

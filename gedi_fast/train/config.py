@@ -8,6 +8,8 @@ sgld_noise, buffer_size, reinit_prob, sgld_grad_clamp and sgld_start (SGLD_SETTI
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -194,3 +196,74 @@ def _check_sgld(sgld: object) -> None:
         SGLDConfig(**checked)
     except (TypeError, ValueError) as err:
         raise type(err)(f"sgld: {err}") from None
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """--set key=value pairs, typed like the TrainConfig setting they name ("none" clears an optional one)."""
+    fields = setting_types()
+    result = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set expects KEY=VALUE with KEY one of {', '.join(SETTINGS)}; got {pair!r}")
+        annotation = fields[key]
+        if "None" in annotation and text.lower() == "none":
+            result[key] = None
+            continue
+        if annotation == "bool":
+            if text.lower() not in ("true", "false"):
+                raise ValueError(f"--set {key} expects true or false, got {text!r}")
+            result[key] = text.lower() == "true"
+            continue
+        kind = next((k for k in (int, float) if annotation.startswith(k.__name__)), str)
+        try:
+            result[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"--set {key} expects a {kind.__name__}, got {text!r}") from None
+    return result
+
+
+DATASET_CHOSEN = ("augmentation", "view_noise", "sgld_step_size", "sgld_noise")  # None: the dataset's choice
+
+
+def read_config_file(path: str) -> dict:
+    """Settings from a JSON or YAML file: a mapping of TrainConfig settings (fields, flat SGLD names or a
+    nested "sgld"), or a run's metrics.json, whose "config" entry reproduces that run."""
+    file = pathlib.Path(path)
+    try:
+        text = file.read_text()
+    except OSError as err:
+        raise ValueError(f"--config {path}: cannot read it ({err.strerror or err})") from None
+    if file.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"--config {path}: YAML needs PyYAML (pip install pyyaml); or write it as JSON") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--config {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    else:
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config {path} is not valid JSON ({err})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
+        loaded = loaded["config"]
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config {path} must hold a mapping of settings, got {type(loaded).__name__}")
+    unknown = sorted(set(loaded) - {*SETTINGS, "sgld"})
+    if unknown:
+        raise ValueError(f"--config {path}: unknown settings {', '.join(unknown)} (known: {', '.join(SETTINGS)}, sgld)")
+    return loaded
+
+
+def settings_help() -> str:
+    """Every --set key with its default ("dataset" where the dataset chooses, "none" for an unset option)."""
+    defaults = TrainConfig()
+
+    def shown(name: str) -> object:
+        value = defaults.setting(name)
+        return value if value is not None else "dataset" if name in DATASET_CHOSEN else "none"
+
+    return ", ".join(f"{name}={shown(name)}" for name in SETTINGS)

@@ -19,6 +19,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from gedi_fast.train import seeds
 from gedi_fast.train.ood import batched_logits  # noqa: E402
 from gedi_fast.train.run_log import EVERY_STEP, STEP_TERMS  # noqa: E402
 
@@ -182,7 +183,7 @@ def _image_grids(trainer, predicted: torch.Tensor, folder: pathlib.Path) -> list
     dataset, model = trainer.dataset, trainer.model
     grids = [("test_by_cluster.png", "test images by cluster", dataset.test_x, predicted)]
     if trainer.sampler is not None:
-        fresh = trainer.sampler.fork(trainer.sampler.seed + 1)
+        fresh = trainer.sampler.fork(trainer.sampler.seed + seeds.FRESH_CHAINS)
         with torch.enable_grad():
             samples = fresh.sample(model, min(FRESH_SAMPLES, len(fresh.buffer))).detach()
         buffer = trainer.sampler.buffer[:2000]

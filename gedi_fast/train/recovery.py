@@ -18,9 +18,6 @@ import torch.distributed as dist
 if TYPE_CHECKING:
     from gedi_fast.train.trainer import GEDITrainer
 
-# After n divergence rollbacks the SGLD seed moves on by n * this (mod 2**63): a fresh buffer and noise stream.
-RESEED_STRIDE = 0xBF58476D1CE4E5B9
-
 
 def divergence(trainer: GEDITrainer, values: dict[str, torch.Tensor]) -> str | None:
     """Why the state after this step must not be kept, or None: a non-finite loss or parameter, or

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from gedi_fast.train import checkpoint, metrics
+from gedi_fast.train import checkpoint, metrics, seeds
 from gedi_fast.train.data import Dataset
 from gedi_fast.validation import require_int
 
@@ -156,7 +156,7 @@ def fid_report(trainer: GEDITrainer, rows: int | None = None, recipe: Classifier
     if sampler is None:
         return report
     with torch.enable_grad():
-        samples = sampler.fork(sampler.seed + 1).sample(trainer.model, min(rows, len(sampler.buffer)))
+        samples = sampler.fork(sampler.seed + seeds.FRESH_CHAINS).sample(trainer.model, min(rows, len(sampler.buffer)))
     buffer = sampler.buffer[torch.randperm(len(sampler.buffer), generator=generator)[:rows].to(sampler.buffer.device)]
     for name, images in (("samples", samples), ("buffer", buffer)):
         report[name] = metrics.frechet_distance(features(images), reference)

@@ -28,15 +28,15 @@ from gedi_fast.precision import resolve_memory_format, resolve_precision, tf32_s
 from gedi_fast.queue import LogitQueue
 from gedi_fast.reference import fit_gaussian_start
 from gedi_fast.sampler import SGLDSampler
-from gedi_fast.train import checkpoint, launch, metrics
+from gedi_fast.train import checkpoint, launch, metrics, seeds
 from gedi_fast.train.augment import affine_images, augment_images, jitter, rotate_and_jitter
 from gedi_fast.train.config import RESUME_CHANGEABLE, SETTINGS, TrainConfig
 from gedi_fast.train.data import Dataset, load_dataset
 from gedi_fast.train.models import build_model
-from gedi_fast.train.recovery import RESEED_STRIDE, Recovery
+from gedi_fast.train.recovery import Recovery
 from gedi_fast.train.run_log import EVERY_STEP, STEP_TERMS, RunLog, StepTerms
 
-__all__ = ["CHECKPOINT_NAME", "RESEED_STRIDE", "RESUME_CHANGEABLE", "GEDITrainer", "TrainConfig", "TrainingStopped"]
+__all__ = ["CHECKPOINT_NAME", "RESUME_CHANGEABLE", "GEDITrainer", "TrainConfig", "TrainingStopped"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -53,8 +53,6 @@ class TrainingStopped(RuntimeError):
 # What a checkpoint holds (state_dict).
 STATE_KEYS = ("config", "step", "model", "optimiser", "samplers", "generator", "torch_rng", "history")
 IMAGE_AUGMENTATIONS = {"image": augment_images, "affine": affine_images}
-# Rank r's SGLD seed is seed + r * this (mod 2**63): odd, so distinct ranks never share a Philox key.
-RANK_SEED_STRIDE = 0x9E3779B97F4A7C15
 
 
 class GEDITrainer:
@@ -115,14 +113,14 @@ class GEDITrainer:
         # The step's forward and loss compiled under compile_step, with CUDA graphs on CUDA. Not held
         # otherwise: a bound method of its own would keep the trainer (and under DDP the process group
         # its reducer holds) alive until a garbage collection, possibly the one at interpreter exit.
-        self._compiled_forward_loss = (torch.compile(self._forward_loss, mode="reduce-overhead", dynamic=False)
+        self._compiledforward_loss = (torch.compile(self.forward_loss, mode="reduce-overhead", dynamic=False)
                                        if config.compile_step else None)
         self.ddp = None
         if self.world_size > 1:
             device_ids = [self.device] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         # The same stream on every rank: each draws the global batch and keeps its own slice.
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + seeds.TRAINING_DRAWS)
         self.step = 0
         self._saved_step: int | None = None  # the step of the checkpoint on disk, when this run wrote or read one
         self.history: list[dict] = []
@@ -170,7 +168,7 @@ class GEDITrainer:
         if self.config.compile_step:
             torch.compiler.cudagraph_mark_step_begin()
         with record_function(STEP_PHASES[2]):
-            loss, terms = (self._compiled_forward_loss or self._forward_loss)(view1, view2, samples)
+            loss, terms = (self._compiledforward_loss or self.forward_loss)(view1, view2, samples)
         with record_function(STEP_PHASES[3]):
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -179,7 +177,7 @@ class GEDITrainer:
         self.step += 1
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
-    def _forward_loss(self, view1: torch.Tensor, view2: torch.Tensor,
+    def forward_loss(self, view1: torch.Tensor, view2: torch.Tensor,
                       samples: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Views and samples through the network in one forward, then GEDILoss: what compile_step compiles."""
         rows = len(view1)
@@ -305,8 +303,8 @@ class GEDITrainer:
         return f"step {self.step}/{until} {terms} {record['samples_per_s']:.0f} samples/s ETA {eta}"
 
     def sampler_seed(self) -> int:
-        """This rank's SGLD seed after self.rollbacks rollbacks (distinct per rank: RANK_SEED_STRIDE)."""
-        return (self.config.seed + self.rank * RANK_SEED_STRIDE + self.rollbacks * RESEED_STRIDE) % 2**63
+        """This rank's SGLD seed after self.rollbacks rollbacks (gedi_fast.train.seeds)."""
+        return seeds.sampler_seed(self.config.seed, self.rank, self.rollbacks)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -321,7 +319,7 @@ class GEDITrainer:
         logits = self.model.head(features)
         predicted = logits.argmax(1).cpu()
         # Its own stream: evaluating mid-run must not shift the training draws (resume equivalence).
-        view1, view2 = self.views(x, torch.Generator(device=self.device).manual_seed(self.config.seed + 2))
+        view1, view2 = self.views(x, torch.Generator(device=self.device).manual_seed(self.config.seed + seeds.EVALUATION_VIEWS))
         agreement = (self.model(view1).argmax(1) == self.model(view2).argmax(1)).float().mean().item()
         return {
             **metrics.clustering_scores(self.dataset.test_y, predicted),
