@@ -18,7 +18,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from gedi_fast.cli import parse_settings
+from gedi_fast.train.config import parse_settings
 from gedi_fast.train.data import load_dataset
 from gedi_fast.train.presets import preset_settings
 from gedi_fast.train.trainer import STEP_PHASES, GEDITrainer, TrainConfig

@@ -128,7 +128,7 @@ def test_a_run_without_a_terminal_logs_while_it_trains(tmp_path):
 
 
 def test_set_types_optional_fields_and_clears_them():
-    from gedi_fast.cli import parse_settings
+    from gedi_fast.train.config import parse_settings
 
     assert parse_settings(["view_noise=0.25", "sgld_step_size=none", "augmentation=jitter", "steps=7"]) == {
         "view_noise": 0.25, "sgld_step_size": None, "augmentation": "jitter", "steps": 7}
@@ -192,7 +192,7 @@ def test_triad_scores_do_not_depend_on_parallel_jobs(tmp_path):
 
 
 def test_set_takes_booleans():
-    from gedi_fast.cli import parse_settings
+    from gedi_fast.train.config import parse_settings
 
     assert parse_settings(["tf32=false", "cuda_graph=True"]) == {"tf32": False, "cuda_graph": True}
     with pytest.raises(ValueError, match="--set tf32 expects true or false, got '1'"):
@@ -251,15 +251,16 @@ def test_bad_config_files_are_one_clear_line(tmp_path, capsys, content, message)
 
 def test_reports_default_to_the_run_folder_and_record_no_local_paths(tmp_path, monkeypatch):
     from gedi_fast import cli
+    from gedi_fast.experiments.report import portable
 
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.setenv("HOME", str(home))
-    assert cli._portable(str(work / "runs" / "x")) == "runs/x"
-    assert cli._portable(f"--out={work / 'a'}") == "--out=a"
-    assert cli._portable(str(home / "data")) == "~/data"
-    assert cli._portable("/srv/data") == "/srv/data" and cli._portable("moons") == "moons"
+    assert portable(str(work / "runs" / "x")) == "runs/x"
+    assert portable(f"--out={work / 'a'}") == "--out=a"
+    assert portable(str(home / "data")) == "~/data"
+    assert portable("/srv/data") == "/srv/data" and portable("moons") == "moons"
     assert main(["triad", "--datasets", "blobs", "--seeds", "1", "--steps", "2", "--out", str(work / "runs"),
                  "--set", f"data_root={home / 'data'}", *FAST]) == 0
     text = (work / "runs" / "RESULTS.md").read_text()
