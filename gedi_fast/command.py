@@ -12,6 +12,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv == ["--version"]:
         print(version_line())
         return 0
-    from gedi_fast.cli import main as run_command
-
+    try:
+        from gedi_fast.cli import main as run_command
+    except ImportError as err:
+        if getattr(err, "extra", None) is None:  # not a missing extra (gedi_fast.train.MissingExtra): a fault
+            raise
+        print(f"gedi-fast: error: {err}", file=sys.stderr)
+        return 2
     return run_command(argv)

@@ -98,13 +98,17 @@ def test_an_unusable_out_is_found_before_training(tmp_path, capsys):
     assert err.startswith("gedi-fast: error: --out ") and "not a writable folder" in err
 
 
-def test_resume_extends_refuses_a_new_dataset_and_says_when_done(tmp_path, capsys):
+def test_resume_extends_refuses_a_new_dataset_and_says_when_done(tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "run")
     assert main(["train", "--dataset", "blobs", "--out", out, "--steps", "6", *FAST]) == 0
     capsys.readouterr()
     assert main(["train", "--resume", "--out", out]) == 0
     assert "already at step 6" in capsys.readouterr().err
+    reads = []
+    load_latest = checkpoint.load_latest
+    monkeypatch.setattr(checkpoint, "load_latest", lambda *a, **k: reads.append(a) or load_latest(*a, **k))
     assert main(["train", "--resume", "--out", out, "--steps", "10"]) == 0
+    assert len(reads) == 1  # the checkpoint is read and verified once per resume
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 10
     assert main(["train", "--resume", "--out", out, "--dataset", "moons"]) == 2
     assert "--dataset moons differs from the resumed run's blobs" in capsys.readouterr().err

@@ -3,6 +3,7 @@ the last good state with a reseeded replay buffer and the run carries on; a pers
 after max_retries rollbacks, and no checkpoint ever holds a diverged state."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -122,3 +123,33 @@ def test_resume_after_a_rollback_continues_exactly(tmp_path):
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert torch.equal(straight.sampler.buffer, resumed.sampler.buffer)
+
+
+def same_state(a, b) -> bool:
+    """Nested dicts, lists and tensors equal value for value."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_one_list_of_the_run_state_serves_rollback_and_checkpoint(tmp_path):
+    """run_state() is the one list: load_run_state() brings a run back to it exactly (queue included),
+    and a checkpoint holds every part of it (the sampler's and queue's per rank)."""
+    trainer = GEDITrainer(TrainConfig(**SMALL, queue_size=64), tmp_path)
+    trainer.train(until=5)
+    kept = copy.deepcopy(trainer.run_state())
+    assert set(kept) == {"step", "model", "optimiser", "sampler", "queue", "generator", "torch_rng"}
+    trainer.train(until=10)
+    assert not same_state(trainer.run_state(), kept)
+    trainer.load_run_state(copy.deepcopy(kept))
+    assert same_state(trainer.run_state(), kept)
+
+    saved = trainer.state_dict()
+    live = trainer.run_state()
+    sampler, queue = live.pop("sampler"), live.pop("queue")
+    assert same_state({k: saved[k] for k in live}, live)
+    assert same_state(saved["samplers"], [sampler]) and same_state(saved["queues"], [queue])

@@ -11,6 +11,7 @@ from gloo_ranks import WORLD, run_ranks
 from gedi_fast import GEDILoss, reference
 from gedi_fast.ops import ASSIGNMENTS
 from gedi_fast.queue import LogitQueue
+from gedi_fast.train.recovery import Recovery
 from gedi_fast.train.trainer import GEDITrainer, TrainConfig
 
 T = 0.3
@@ -139,13 +140,12 @@ def test_resuming_a_queued_run_is_exact(tmp_path):
 def test_a_rollback_restores_the_queue(tmp_path):
     trainer = GEDITrainer(TrainConfig(**QUEUED_RUN), tmp_path)
     trainer.train(until=2)
-    from gedi_fast.train.recovery import roll_back, snapshot
-
-    good = snapshot(trainer)
+    recovery = Recovery(trainer, max_retries=1)
     kept = trainer.loss_fn.queue.logits.clone()
     trainer.train(until=4)
     assert not torch.equal(trainer.loss_fn.queue.logits, kept)
-    roll_back(trainer, good, "test", retry=1)
+    with pytest.warns(RuntimeWarning, match="step 4: test; rolled back to step 2"):
+        assert recovery.rolled_back("test")
     assert torch.equal(trainer.loss_fn.queue.logits, kept) and trainer.loss_fn.queue.filled == 32
 
 

@@ -67,16 +67,17 @@ def train(args: argparse.Namespace) -> int:
     Flags are checked before anything is written; what the run folder holds is checked under its lock."""
     out = pathlib.Path(args.out)
     resume = args.resume == "yes" or (args.resume == "auto" and GEDITrainer.has_checkpoint(out))
-    changes = None
+    changes = saved = None
     if resume and args.config:
         raise ValueError(f"--config starts a new run; with --resume the run in {out} keeps its own settings")
     if resume:
-        state, saved = GEDITrainer.saved_state(out)
+        saved = GEDITrainer.saved_state(out)
+        state, saved_config = saved
         if args.steps is not None and args.steps < state["step"]:
             raise ValueError(f"--steps {args.steps} is below the step the run in {out} reached ({state['step']}); "
                              f"a resumed run can only be extended (--steps N with N > {state['step']})")
-        changes = _resume_changes(args, saved)
-        config = saved.with_settings(**changes)
+        changes = _resume_changes(args, saved_config)
+        config = saved_config.with_settings(**changes)
     else:
         options = read_config_file(args.config) if args.config else {}
         given = dict(dataset=args.dataset, seed=args.seed, device=args.device, data_root=args.data_root)
@@ -93,14 +94,15 @@ def train(args: argparse.Namespace) -> int:
     with run_folder.exclusive(out, take=launch.torchrun_rank() == 0):
         if not resume:
             run_folder.refuse_to_replace(out, args.overwrite)
-        return _train_in(out, config, changes)
+        return _train_in(out, config, changes, saved)
 
 
-def _train_in(out: pathlib.Path, config: TrainConfig, changes: dict | None) -> int:
-    """Train `config` into `out`: a new run, or with `changes` (what --resume may change) the saved one."""
+def _train_in(out: pathlib.Path, config: TrainConfig, changes: dict | None,
+              saved: tuple[dict, TrainConfig] | None) -> int:
+    """Train `config` into `out`: a new run, or with `changes` (what --resume may change) the `saved` one."""
     resume = changes is not None
     with launch.torchrun_process_group(config.device, config.collective_timeout):
-        trainer = GEDITrainer.resume(out, **changes) if resume else GEDITrainer(config, out)
+        trainer = GEDITrainer.resume(out, saved=saved, **changes) if resume else GEDITrainer(config, out)
         if resume and trainer.rank == 0:
             print(f"gedi-fast: resuming {out} from step {trainer.step}", file=sys.stderr, flush=True)
         if trainer.step >= trainer.config.steps and trainer.rank == 0:

@@ -1,14 +1,23 @@
-"""Clustering, representation, out-of-distribution and sample-quality metrics, computed on held-out data."""
+"""Clustering, representation, out-of-distribution and sample-quality metrics, computed on held-out data.
+
+scipy and scikit-learn are imported by the functions that use them: the trainer imports this module,
+and a rank's start or `gedi-fast train --help` should not pay for them."""
 from __future__ import annotations
 
 import json
 import math
 import pathlib
+from types import ModuleType
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from sklearn import metrics as sk_metrics
+
+
+def sk_metrics() -> ModuleType:
+    """scikit-learn's metrics module, imported on first use."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def _labels(x: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -33,6 +42,8 @@ def clustering_accuracy(true: torch.Tensor | np.ndarray, predicted: torch.Tensor
     With more clusters than classes, unmatched clusters count as errors; with fewer, unmatched
     classes do. The matching is rectangular, so K != number of classes is safe.
     """
+    from scipy.optimize import linear_sum_assignment
+
     y, c = _pair(true, predicted)
     _, y_index = np.unique(y, return_inverse=True)
     _, c_index = np.unique(c, return_inverse=True)
@@ -46,8 +57,8 @@ def clustering_scores(true: torch.Tensor | np.ndarray, predicted: torch.Tensor |
     """NMI, ARI (scikit-learn) and Hungarian accuracy of predicted clusters against true classes."""
     y, c = _pair(true, predicted)
     return {
-        "nmi": float(sk_metrics.normalized_mutual_info_score(y, c)),
-        "ari": float(sk_metrics.adjusted_rand_score(y, c)),
+        "nmi": float(sk_metrics().normalized_mutual_info_score(y, c)),
+        "ari": float(sk_metrics().adjusted_rand_score(y, c)),
         "acc": clustering_accuracy(y, c),
     }
 
@@ -87,7 +98,7 @@ def ood_auroc(energy_in: torch.Tensor | np.ndarray, energy_out: torch.Tensor | n
         raise ValueError("energy_in and energy_out must both be non-empty")
     scores = np.concatenate([e_in.ravel(), e_out.ravel()])
     is_out = np.concatenate([np.zeros(e_in.size), np.ones(e_out.size)])
-    return float(sk_metrics.roc_auc_score(is_out, scores))
+    return float(sk_metrics().roc_auc_score(is_out, scores))
 
 
 def _feature_matrix(x: torch.Tensor | np.ndarray, name: str) -> np.ndarray:

@@ -15,6 +15,7 @@ import math
 import pathlib
 import sys
 import time
+import warnings
 from typing import Callable
 
 import torch
@@ -25,7 +26,6 @@ from tqdm import tqdm
 
 from gedi_fast.loss import GEDILoss
 from gedi_fast.precision import resolve_memory_format, resolve_precision, tf32_switches
-from gedi_fast.queue import LogitQueue
 from gedi_fast.reference import fit_gaussian_start
 from gedi_fast.sampler import SGLDSampler
 from gedi_fast.train import checkpoint, launch, metrics, seeds
@@ -33,7 +33,7 @@ from gedi_fast.train.augment import affine_images, augment_images, jitter, rotat
 from gedi_fast.train.config import RESUME_CHANGEABLE, SETTINGS, TrainConfig
 from gedi_fast.train.data import Dataset, load_dataset
 from gedi_fast.train.models import build_model
-from gedi_fast.train.recovery import Recovery
+from gedi_fast.train.recovery import Recovery, divergence
 from gedi_fast.train.run_log import EVERY_STEP, STEP_TERMS, RunLog, StepTerms
 
 __all__ = ["CHECKPOINT_NAME", "RESUME_CHANGEABLE", "GEDITrainer", "TrainConfig", "TrainingStopped"]
@@ -218,7 +218,7 @@ class GEDITrainer:
         started, first = time.perf_counter(), self.step
         bar = tqdm(total=until, initial=self.step, desc=self.config.dataset, disable=not progress or self.rank != 0,
                    leave=False)
-        recovery = Recovery(self)
+        recovery = Recovery(self, self.config.max_retries)
         self.stopped_at = None
         agree = self._stop_agreement() if stop is not None else None
         every_step = StepTerms()
@@ -233,7 +233,8 @@ class GEDITrainer:
                 save = self.step % self.config.checkpoint_every == 0 or self.step == until or stopping
                 if not (log or save):
                     continue
-                if recovery.rolled_back(values):
+                if recovery.rolled_back(divergence(values, self.model.parameters(), self.config.max_energy,
+                                                   self.world_size, sampled=self.sampler is not None)):
                     every_step.drop_after(self.step)
                     if run_log is not None:
                         run_log.write(self.history[-1])
@@ -336,19 +337,51 @@ class GEDITrainer:
         Under DDP it is a collective (every rank calls it) and "samplers", "queues" are complete on rank 0 only;
         model, optimiser and the data stream are the same on every rank.
         """
+        live = self.run_state()
+        sampler, queue = live.pop("sampler"), live.pop("queue")
+        return {"config": dataclasses.asdict(self.config), **live, "samplers": self._rank_states(sampler),
+                "queues": self._rank_states(queue), "history": self.history, "rollbacks": self.rollbacks,
+                "inputs": self.inputs_state()}
+
+    def run_state(self) -> dict:
+        """This rank's live state, listed once: what a rollback restores and, gathered over the ranks,
+        what a checkpoint keeps beside the config, history and input statistics. The live tensors, not
+        copies (Recovery copies what it keeps)."""
         return {
-            "config": dataclasses.asdict(self.config),
             "step": self.step,
             "model": self.model.state_dict(),
             "optimiser": self.optimiser.state_dict(),
-            "samplers": self._rank_states(self.sampler),
-            "queues": self._rank_states(self.loss_fn.queue),
+            "sampler": None if self.sampler is None else self.sampler.state_dict(),
+            "queue": None if self.loss_fn.queue is None else self.loss_fn.queue.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "history": self.history,
-            "rollbacks": self.rollbacks,
-            "inputs": self.inputs_state(),
         }
+
+    def load_run_state(self, state: dict) -> None:
+        """Continue from a run_state() dict; a missing (None) sampler or queue state leaves that part as it is."""
+        self.model.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        if self.sampler is not None and state["sampler"] is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        if self.loss_fn.queue is not None and state["queue"] is not None:
+            self.loss_fn.queue.load_state_dict(state["queue"])
+            self.loss_fn.queue.to(self.device)
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+
+    def roll_back_to(self, good: dict, reason: str, retry: int) -> None:
+        """Restore the run state `good` (Recovery's), reseed the replay buffer, record and announce the rollback."""
+        diverged_at = self.step
+        self.load_run_state(good)
+        self.rollbacks += 1
+        if self.sampler is not None:
+            self.sampler.reseed(self.sampler_seed())
+        self.history.append({"step": self.step, "event": "rollback", "reason": reason, "retry": retry,
+                             "diverged_at": diverged_at})
+        if self.rank == 0:
+            warnings.warn(f"step {diverged_at}: {reason}; rolled back to step {self.step} with a reseeded replay "
+                          f"buffer (retry {retry} of {self.config.max_retries})", RuntimeWarning, stacklevel=4)
 
     def inputs_state(self) -> dict:
         """What assigning new data needs beside the model: the input shape, the number of clusters and
@@ -357,13 +390,13 @@ class GEDITrainer:
         return {"shape": list(self.dataset.input_shape), "clusters": self.clusters,
                 "offset": as_tensor(self.dataset.input_offset), "scale": as_tensor(self.dataset.input_scale)}
 
-    def _rank_states(self, part: SGLDSampler | LogitQueue | None) -> list[dict] | None:
-        """Every rank's state of `part` (its replay buffer, its queue), complete on rank 0; None without one."""
-        if part is None:
+    def _rank_states(self, own: dict | None) -> list[dict] | None:
+        """Every rank's `own` state of a part (its replay buffer, its queue), complete on rank 0; None without one."""
+        if own is None:
             return None
         if self.world_size == 1:
-            return [part.state_dict()]
-        own = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in part.state_dict().items()}
+            return [own]
+        own = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in own.items()}
         states = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(own, states, dst=0)
         return states
@@ -419,18 +452,12 @@ class GEDITrainer:
         Rank r takes the r-th saved sampler and queue states, so resuming on the same number of ranks is exact;
         ranks beyond the saved ones keep the fresh buffer of their own seed.
         """
-        self.model.load_state_dict(state["model"])
-        self.optimiser.load_state_dict(state["optimiser"])
-        samplers = state["samplers"]
-        if self.sampler is not None and self.rank < len(samplers):
-            self.sampler.load_state_dict(samplers[self.rank])
-        queues = state.get("queues")  # checkpoints from before the queue have none
-        if self.loss_fn.queue is not None and queues is not None and self.rank < len(queues):
-            self.loss_fn.queue.load_state_dict(queues[self.rank])
-            self.loss_fn.queue.to(self.device)
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step, self.history = state["step"], state["history"]
+        def mine(states: list[dict] | None) -> dict | None:
+            return states[self.rank] if states is not None and self.rank < len(states) else None
+
+        # Checkpoints from before the queue have no "queues".
+        self.load_run_state({**state, "sampler": mine(state["samplers"]), "queue": mine(state.get("queues"))})
+        self.history = state["history"]
         self._saved_step = self.step
         self.rollbacks = state.get("rollbacks", 0)  # checkpoints from before divergence recovery have none
 
@@ -456,10 +483,12 @@ class GEDITrainer:
         return state, TrainConfig.from_settings(**saved)
 
     @classmethod
-    def resume(cls, out: str | pathlib.Path, dataset: Dataset | None = None, **changes) -> "GEDITrainer":
+    def resume(cls, out: str | pathlib.Path, dataset: Dataset | None = None,
+               saved: tuple[dict, TrainConfig] | None = None, **changes) -> "GEDITrainer":
         """A trainer continuing exactly where the checkpoint in `out` stopped; `changes` replace
-        config fields that a continuation may change (RESUME_CHANGEABLE, e.g. steps to extend a run)."""
-        state, config = cls.saved_state(out)
+        config fields that a continuation may change (RESUME_CHANGEABLE, e.g. steps to extend a run).
+        `saved`: what saved_state(out) returned, when the caller read it already (the checkpoint is read once)."""
+        state, config = saved if saved is not None else cls.saved_state(out)
         fixed = sorted(set(changes) - set(RESUME_CHANGEABLE))
         if fixed:
             raise ValueError(f"a resumed run keeps its {', '.join(fixed)}; only {', '.join(RESUME_CHANGEABLE)} may change")
