@@ -1,8 +1,9 @@
 """The GEDI terms: the assignment modes and the dispatch between the fused Triton kernels and the reference.
 
-ASSIGNMENT_TARGETS is the one table of assignment modes: every other place that lists them reads
-ASSIGNMENTS. A new mode adds its entry here, its formula to `reference.assignment_targets` and
-whatever its targets need in the kernels.
+reference.ASSIGNMENTS is the one list of assignment modes, beside their formula
+(`reference.assignment_targets`); ASSIGNMENT_TARGETS gives each its targets on the fused path (a test
+checks that it covers every mode). A new mode adds its name and formula to the reference, its entry
+here and whatever its targets need in the kernels.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ ASSIGNMENT_TARGETS: dict[str, TargetsFn] = {
     "softmax": _softmax_targets,
     "sinkhorn": _sinkhorn_targets,
 }
-ASSIGNMENTS = tuple(ASSIGNMENT_TARGETS)
+ASSIGNMENTS = reference.ASSIGNMENTS
 
 
 def fused_gedi_terms(

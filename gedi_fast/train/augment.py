@@ -8,6 +8,9 @@ augmentation carries into each other, so they should encode the data's known sym
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -84,3 +87,33 @@ def affine_images(x: torch.Tensor, generator: torch.Generator, degrees: float = 
     out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
     out = out + noise * torch.randn(out.shape, generator=generator, device=x.device, dtype=x.dtype)
     return out.clamp(-1.0, 1.0)
+
+
+def _image_views(x: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
+    return augment_images(x, generator, noise=noise)
+
+
+def _affine_views(x: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
+    return affine_images(x, generator, noise=noise)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One way of making a view, `view(x, noise, generator)`, and the data it fits: a dataset kind
+    ("image" or "vector"; None: any) and, where it has one, the only input shape."""
+
+    view: Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]
+    kind: str | None = None
+    input_shape: tuple[int, ...] | None = None
+
+    def fits(self, kind: str, input_shape: tuple[int, ...]) -> bool:
+        return self.kind in (None, kind) and self.input_shape in (None, tuple(input_shape))
+
+
+# Every augmentation by the name a config, a dataset and the command line use: the one list of them.
+AUGMENTATIONS = {
+    "jitter": Augmentation(jitter),
+    "rotation": Augmentation(rotate_and_jitter, "vector", (2,)),  # about the origin of 2-D points
+    "image": Augmentation(_image_views, "image"),
+    "affine": Augmentation(_affine_views, "image"),
+}

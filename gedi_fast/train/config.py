@@ -17,9 +17,9 @@ import torch
 
 from gedi_fast.ops import ASSIGNMENTS
 from gedi_fast.sampler import SGLDConfig
+from gedi_fast.train.augment import AUGMENTATIONS
 from gedi_fast.validation import require_bool, require_choice, require_int, require_real
 
-AUGMENTATIONS = ("jitter", "rotation", "image", "affine")
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 # Each flat setting name of the SGLD chain and the SGLDConfig field it sets.
@@ -89,7 +89,7 @@ class TrainConfig:
     sinkhorn_eps: float = 0.05  # GEDILoss's Sinkhorn-Knopp settings (assignment "sinkhorn")
     sinkhorn_iters: int = 3
     queue_size: int = 0  # past logits per view in the Sinkhorn targets and the prior (GEDILoss queue_size)
-    augmentation: str | None = None  # "jitter" | "rotation" | "image" | "affine"
+    augmentation: str | None = None  # a name of gedi_fast.train.augment.AUGMENTATIONS
     view_noise: float | None = None
     sgld: dict = field(default_factory=lambda: dict(DEFAULT_SGLD))  # SGLDConfig fields over the dataset's
     sgld_samples: int = 64  # SGLD negatives per step (and rank): the chain's cost scales with it
@@ -139,7 +139,7 @@ class TrainConfig:
             raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', "
                              f"got {self.device!r}") from None
         if self.augmentation is not None:
-            require_choice(self.augmentation, "augmentation", AUGMENTATIONS)
+            require_choice(self.augmentation, "augmentation", tuple(AUGMENTATIONS))
         _check_sgld(self.sgld)
 
     def sgld_config(self, dataset_sgld: SGLDConfig) -> SGLDConfig:

@@ -29,7 +29,7 @@ from gedi_fast.precision import resolve_memory_format, resolve_precision, tf32_s
 from gedi_fast.reference import fit_gaussian_start
 from gedi_fast.sampler import SGLDSampler
 from gedi_fast.train import checkpoint, launch, metrics, seeds
-from gedi_fast.train.augment import affine_images, augment_images, jitter, rotate_and_jitter
+from gedi_fast.train.augment import AUGMENTATIONS
 from gedi_fast.train.config import RESUME_CHANGEABLE, SETTINGS, TrainConfig
 from gedi_fast.train.data import Dataset, load_dataset
 from gedi_fast.train.models import build_model
@@ -52,7 +52,6 @@ class TrainingStopped(RuntimeError):
 
 # What a checkpoint holds (state_dict).
 STATE_KEYS = ("config", "step", "model", "optimiser", "samplers", "generator", "torch_rng", "history")
-IMAGE_AUGMENTATIONS = {"image": augment_images, "affine": affine_images}
 
 
 class GEDITrainer:
@@ -97,8 +96,7 @@ class GEDITrainer:
         self.train_x = self.dataset.train_x.to(self.device)
         self.augmentation = config.augmentation or self.dataset.augmentation
         self.view_noise = self.dataset.view_noise if config.view_noise is None else config.view_noise
-        if self.augmentation in IMAGE_AUGMENTATIONS and self.dataset.kind != "image" or self.augmentation == "rotation" and (
-                self.dataset.input_shape != (2,)):
+        if not AUGMENTATIONS[self.augmentation].fits(self.dataset.kind, self.dataset.input_shape):
             raise ValueError(f"augmentation {self.augmentation!r} does not fit dataset {self.dataset.name!r} "
                              f"with inputs of shape {self.dataset.input_shape}")
         self.sampler = None
@@ -127,11 +125,8 @@ class GEDITrainer:
         self.stopped_at: int | None = None  # the step train() stopped at when its `stop` said so
 
     def views(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.augmentation in IMAGE_AUGMENTATIONS:
-            augment = IMAGE_AUGMENTATIONS[self.augmentation]
-            return augment(x, generator, noise=self.view_noise), augment(x, generator, noise=self.view_noise)
-        augment = rotate_and_jitter if self.augmentation == "rotation" else jitter
-        return augment(x, self.view_noise, generator), augment(x, self.view_noise, generator)
+        view = AUGMENTATIONS[self.augmentation].view
+        return view(x, self.view_noise, generator), view(x, self.view_noise, generator)
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast of the model when the run computes in bf16; GEDILoss upcasts the logits, so its
