@@ -24,3 +24,21 @@ def test_logits_and_features(shape, clusters, kind):
 def test_bad_model_arguments(shape, clusters, match):
     with pytest.raises(ValueError, match=match):
         build_model(shape, clusters)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 27, 33), (2, 5, 7)])
+@pytest.mark.parametrize("stem_stride", [1, 2, 3])
+def test_a_flatten_head_sees_the_whole_last_feature_map(shape, stem_stride):
+    model = build_model(shape, 5, width=4, stem_stride=stem_stride, pool="flatten")
+    x = torch.randn(2, *shape)
+    maps = model.stages(model.stem(x))
+    assert model.features(x).shape == (2, maps[0].numel()) == (2, model.head.in_features)
+    assert torch.equal(model.features(x), maps.flatten(1)) and model(x).shape == (2, 5)
+
+
+def test_the_pool_setting_is_checked_and_reaches_the_model(tmp_path):
+    from gedi_fast.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="pool must be one of"):
+        TrainConfig(pool="max")
+    assert TrainConfig(pool="flatten").model_options()["pool"] == "flatten"

@@ -18,6 +18,7 @@ import torch
 from gedi_fast.ops import ASSIGNMENTS
 from gedi_fast.sampler import SGLDConfig
 from gedi_fast.train.augment import AUGMENTATIONS
+from gedi_fast.train.models import POOLS
 from gedi_fast.validation import require_bool, require_choice, require_int, require_real
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -80,6 +81,7 @@ class TrainConfig:
     hidden: int = 256  # the MLP's width (vector data)
     width: int = 32  # the CNN's first-stage channels (image data)
     stem_stride: int = 1  # the CNN stem's stride: 2 quarters the cost of every stage
+    pool: str = "mean"  # what the CNN's head sees: "mean" over positions or the "flatten"ed last feature map
     temperature: float = 0.1
     gen_weight: float = 1.0
     inv_weight: float = 1.0
@@ -113,6 +115,7 @@ class TrainConfig:
             raise ValueError("queue_size > 0 is not supported with compile_step=True (the queue grows over the "
                              "first steps, which would recompile the step); set one of them off")
         require_int(self.stem_stride, "stem_stride", minimum=1, maximum=4)
+        require_choice(self.pool, "pool", POOLS)
         if self.clusters == 1:
             raise ValueError("clusters must be 0 (the number of classes) or >= 2, got 1")
         require_int(self.seed, "seed", minimum=0)
@@ -145,6 +148,10 @@ class TrainConfig:
     def sgld_config(self, dataset_sgld: SGLDConfig) -> SGLDConfig:
         """The chain this run samples with: the dataset's settings with this run's `sgld` fields on top."""
         return dataclasses.replace(dataset_sgld, **self.sgld)
+
+    def model_options(self) -> dict[str, object]:
+        """build_model's options from this config (the trainer and a loaded run build the same network)."""
+        return {"hidden": self.hidden, "width": self.width, "stem_stride": self.stem_stride, "pool": self.pool}
 
     def setting(self, name: str) -> object:
         """The value of flat setting `name` (a field, or an SGLD_SETTINGS name: None when left to the dataset)."""

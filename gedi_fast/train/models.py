@@ -44,20 +44,32 @@ class _ResidualBlock(nn.Module):
         return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
 
 
+POOLS = ("mean", "flatten")
+
+
 class SmallResNet(nn.Module):
-    """A ResNet-8-style CNN: stem, three residual stages (width, 2x, 4x; stride 1, 2, 2), pooled head.
+    """A ResNet-8-style CNN: stem, three residual stages (width, 2x, 4x; stride 1, 2, 2), then the head.
 
     stem_stride 2 halves the resolution before the first stage: about 3.5x less compute at width 32
-    on 28 x 28 inputs, what makes image training fit a CPU (docs/RESULTS.md).
+    on 28 x 28 inputs, what makes image training fit a CPU (docs/RESULTS.md). `pool` says what the head
+    sees: "mean", the last stage averaged over positions (a texture's statistics: where a stroke lies
+    does not matter), or "flatten", the whole last feature map (where it lies does: a digit's shape).
     """
 
-    def __init__(self, in_channels: int, clusters: int, width: int = 32, stem_stride: int = 1) -> None:
+    def __init__(self, in_channels: int, clusters: int, width: int = 32, stem_stride: int = 1,
+                 pool: str = "mean", input_size: tuple[int, int] = (28, 28)) -> None:
         super().__init__()
+        self.pool = pool
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, stem_stride, 1), nn.SiLU())
         self.stages = nn.Sequential(
             _ResidualBlock(width, width, 1), _ResidualBlock(width, 2 * width, 2), _ResidualBlock(2 * width, 4 * width, 2)
         )
-        self.head = nn.Linear(4 * width, clusters)
+        positions = 1
+        if pool == "flatten":
+            for stride in (stem_stride, 2, 2):  # each 3 x 3 convolution with padding 1: ceil(size / stride)
+                input_size = tuple(-(-size // stride) for size in input_size)
+            positions = input_size[0] * input_size[1]
+        self.head = nn.Linear(4 * width * positions, clusters)
         # He initialisation: torch's default conv init shrinks every layer's output, and without batch
         # norm seven layers leave features that differ between MNIST images by ~0.002 (0.16 with this),
         # logits nearly equal for all inputs, and clusters that follow stroke width instead of shape.
@@ -67,20 +79,21 @@ class SmallResNet(nn.Module):
                 nn.init.zeros_(conv.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x)).mean(dim=(2, 3))
+        maps = self.stages(self.stem(x))
+        return maps.mean(dim=(2, 3)) if self.pool == "mean" else maps.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
 def build_model(input_shape: tuple[int, ...], clusters: int, hidden: int = 256, width: int = 32,
-                stem_stride: int = 1) -> nn.Module:
-    """An MLP of `hidden` units for vector inputs (D,), a SmallResNet of `width` and `stem_stride` for
-    images (C, H, W)."""
+                stem_stride: int = 1, pool: str = "mean") -> nn.Module:
+    """An MLP of `hidden` units for vector inputs (D,), a SmallResNet of `width`, `stem_stride` and
+    `pool` for images (C, H, W)."""
     if clusters < 2:
         raise ValueError(f"clusters must be >= 2, got {clusters}")
     if len(input_shape) == 1:
         return MLPClusterer(input_shape[0], clusters, hidden)
     if len(input_shape) == 3:
-        return SmallResNet(input_shape[0], clusters, width, stem_stride)
+        return SmallResNet(input_shape[0], clusters, width, stem_stride, pool, tuple(input_shape[1:]))
     raise ValueError(f"input_shape must be (D,) for vectors or (C, H, W) for images, got {input_shape}")

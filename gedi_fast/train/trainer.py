@@ -81,8 +81,7 @@ class GEDITrainer:
         # What "auto" means on this device, decided once: the arithmetic and layout this run computes in.
         self.precision = resolve_precision(config.precision, self.device, images)
         torch.manual_seed(config.seed)
-        self.model = build_model(self.dataset.input_shape, self.clusters, config.hidden, config.width,
-                                 config.stem_stride)
+        self.model = build_model(self.dataset.input_shape, self.clusters, **config.model_options())
         self.memory_format = resolve_memory_format(config.memory_format, self.model, self.device)
         self.model.to(self.device, memory_format=self.memory_format)
         # foreach: one multi-tensor update instead of a loop over parameters (CUDA's default already),
