@@ -17,9 +17,9 @@ from PIL import Image
 from gedi_fast import reference
 from gedi_fast.cli import main
 from gedi_fast.experiments import images
-from gedi_fast.train import ood, plots
+from gedi_fast.train import inference, ood, plots
 from gedi_fast.train.augment import affine_images, grey_dilation3
-from gedi_fast.train.data import DATASET_KINDS, LOADERS, Dataset
+from gedi_fast.train.data import DATASET_KINDS, LOADERS, Dataset, load_dataset
 from gedi_fast.train.models import SmallResNet, build_model
 from gedi_fast.train.presets import PRESETS, preset_settings
 from gedi_fast.train.trainer import GEDITrainer, TrainConfig
@@ -157,7 +157,7 @@ def test_batched_logits_equal_one_forward(gen):
     x = torch.randn(11, 1, 28, 28, generator=gen)
     with torch.no_grad():
         whole = model(x)
-    torch.testing.assert_close(ood.batched_logits(model, x, torch.device("cpu"), rows=4), whole)
+    torch.testing.assert_close(inference.batched_logits(model, x, torch.device("cpu"), rows=4), whole)
 
 
 def test_ood_shape_mismatch_names_both_datasets():
@@ -166,6 +166,23 @@ def test_ood_shape_mismatch_names_both_datasets():
                 torch.zeros(2, dtype=torch.int64), 2)
     with pytest.raises(ValueError, match="'beta' has inputs of shape \\(3,\\).*'alpha' has \\(1, 1, 5\\)"):
         ood.require_same_shape(a, b)
+
+
+def test_score_ood_loads_the_partner_as_the_run_does_records_it_and_draws_it(tmp_path, one_thread):
+    config = TrainConfig(dataset="moons", seed=3, steps=2, batch_size=16, hidden=8, sgld=dict(steps=1, buffer_size=16),
+                         sgld_samples=4)
+    trainer = GEDITrainer(config, tmp_path / "run")
+    trainer.train()
+    report, picture = ood.score_ood(trainer, "circles")
+    expected, _ = ood.ood_report(trainer.model, config.temperature, trainer.dataset, load_dataset("circles", seed=3),
+                                 trainer.device)  # the run's seed picks the partner's split
+    assert report == expected and report["out"] == "circles"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["ood"] == {"circles": report}
+    assert picture == tmp_path / "run" / "ood_circles.png" and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="'digits' has inputs of shape \\(64,\\).*'moons' has \\(2,\\)"):
+        ood.score_ood(trainer, "digits")  # checked before anything is scored, recorded or drawn
+    assert "digits" not in json.loads((tmp_path / "run" / "metrics.json").read_text())["ood"]
+    assert not (tmp_path / "run" / "ood_digits.png").exists()
 
 
 def test_cluster_grid_rows_tiles_and_empty_places():

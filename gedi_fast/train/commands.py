@@ -15,10 +15,10 @@ import torch
 from gedi_fast.train import launch, run_folder, stopping
 from gedi_fast.train.clusterer import export, load_run
 from gedi_fast.train.config import RESUME_CHANGEABLE, SGLD_SETTINGS, TrainConfig, parse_settings, read_config_file
-from gedi_fast.train.data import DATASET_KINDS, load_dataset
+from gedi_fast.train.data import DATASET_KINDS
 from gedi_fast.train.metrics import merge_into_metrics_json
-from gedi_fast.train.ood import record_ood, require_same_shape
-from gedi_fast.train.plots import plot_ood, plot_run
+from gedi_fast.train.ood import ood_dataset, score_ood
+from gedi_fast.train.plots import plot_run
 from gedi_fast.train.presets import preset_settings
 from gedi_fast.train.sample_quality import fid_report
 from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer
@@ -141,8 +141,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--fid scores image samples; the run's dataset {trainer.dataset.name!r} holds vectors")
     outside = None
     if args.ood is not None:
-        outside = load_dataset(args.ood, args.data_root or trainer.config.data_root, trainer.config.seed)
-        require_same_shape(trainer.dataset, outside)
+        outside = ood_dataset(trainer, args.ood, args.data_root)  # loaded and checked before any scoring
     scores = trainer.evaluate()
     print(f"{trainer.config.dataset}: {_summary(scores)}")
     path = out / "metrics.json"
@@ -157,9 +156,7 @@ def evaluate(args: argparse.Namespace) -> int:
         if args.fid:
             print(f"metrics: {path}")
         return 0
-    report, per_row = record_ood(trainer.model, trainer.config.temperature, trainer.dataset, outside, trainer.device,
-                                 path)
-    picture = plot_ood(report, per_row, out / f"ood_{outside.name}.png")
+    report, picture = score_ood(trainer, outside)
     print(f"ood {trainer.dataset.name} (in) vs {outside.name} (out): energy_auroc={report['energy_auroc']:.4f}  "
           f"max_softmax_auroc={report['max_softmax_auroc']:.4f}")
     print(f"metrics: {path}; plot: {picture}")

@@ -27,6 +27,7 @@ FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 # 0.01 on images in [-1, 1], tau 5e-5, a near-deterministic descent of the energy.
 SGLD_DEFAULTS = {"vector": (0.01, 0.1), "image": (1.0, 0.01)}
 PIXEL_OFFSET = PIXEL_SCALE = 127.5  # 8-bit pixel values 0..255 to [-1, 1]
+DEFAULT_VIEW_NOISE = 0.15  # the views' noise (std) on standardised vectors; VIEW_NOISE names the datasets that differ
 T = TypeVar("T")
 
 
@@ -47,7 +48,7 @@ class Dataset:
     test_y: torch.Tensor
     num_classes: int
     augmentation: str = "jitter"
-    view_noise: float = 0.15
+    view_noise: float = DEFAULT_VIEW_NOISE
     pixels: tuple[int, int] | None = None  # (H, W) when vector rows are flattened grey images (plots)
     # How the data's raw values became these inputs, input = (raw - input_offset) / input_scale (per
     # feature for vectors): a trained run applies the same to new data (gedi_fast.train.clusterer).
@@ -84,7 +85,7 @@ def _vectors(name: str, x: np.ndarray, y: np.ndarray, seed: int, test_fraction: 
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return Dataset(name, "vector", as_tensor((train_x - mean) / std), as_tensor(train_y),
                    as_tensor((test_x - mean) / std), as_tensor(test_y), int(y.max()) + 1, **views,
-                   input_offset=as_tensor(mean), input_scale=as_tensor(std))
+                   view_noise=view_noise(name), input_offset=as_tensor(mean), input_scale=as_tensor(std))
 
 
 def _images(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
@@ -100,7 +101,8 @@ def _images(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndar
 
     labels = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64).reshape(-1))  # noqa: E731
     return Dataset(name, "image", convert(train_x), labels(train_y), convert(test_x), labels(test_y), num_classes,
-                   augmentation=augmentation, view_noise=0.02, input_offset=PIXEL_OFFSET, input_scale=PIXEL_SCALE)
+                   augmentation=augmentation, view_noise=view_noise(name), input_offset=PIXEL_OFFSET,
+                   input_scale=PIXEL_SCALE)
 
 
 def _sklearn(function: str) -> Callable:
@@ -121,8 +123,7 @@ def load_moons(root: pathlib.Path | None = None, seed: int = 0, samples: int = 2
 def load_circles(root: pathlib.Path | None = None, seed: int = 0, samples: int = 2000) -> Dataset:
     """Two concentric rings. Jitter alone lets a straight cut through both rings win (gradient descent
     finds it first; NMI 0), so the views also rotate about the centre, the data's symmetry."""
-    return _toy("make_circles", "circles", seed, samples, dict(augmentation="rotation", view_noise=0.1),
-                noise=0.05, factor=0.5)
+    return _toy("make_circles", "circles", seed, samples, dict(augmentation="rotation"), noise=0.05, factor=0.5)
 
 
 def load_blobs(root: pathlib.Path | None = None, seed: int = 0, samples: int = 2000) -> Dataset:
@@ -141,7 +142,7 @@ def load_many_blobs(root: pathlib.Path | None = None, seed: int = 0, centers: in
 
 def load_digits(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
     bunch = _sklearn("load_digits")()
-    return _vectors("digits", bunch.data, bunch.target, seed, view_noise=1.0, pixels=(8, 8))
+    return _vectors("digits", bunch.data, bunch.target, seed, pixels=(8, 8))
 
 
 def load_mnist5k(root: pathlib.Path | None = None, seed: int = 0) -> Dataset:
@@ -157,8 +158,7 @@ def load_mnist5k_vectors(root: pathlib.Path | None = None, seed: int = 0) -> Dat
     """MNIST-5k as standardised 784-vectors (the MLP's input), the same split as `load_mnist5k`. Its raw
     values, what a trained run's `assign` takes, are the pixels divided by 255."""
     table = _mnist5k_rows()
-    return _vectors("mnist5k-vectors", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), seed, view_noise=1.0,
-                    pixels=(28, 28))
+    return _vectors("mnist5k-vectors", table[:, :-1] / 255.0, table[:, -1].astype(np.int64), seed, pixels=(28, 28))
 
 
 def _mnist5k_rows() -> np.ndarray:
@@ -312,6 +312,16 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
 IMAGE_DATASETS = ("mnist5k", "fashion-mnist", "cifar10", "cifar100", "svhn")
 # "image" or "vector" per dataset without loading it (the CLI picks a preset before any file is read).
 DATASET_KINDS = {name: "image" if name in IMAGE_DATASETS else "vector" for name in LOADERS}
+# The views' noise (std, in input units) of the datasets whose views differ from DEFAULT_VIEW_NOISE: their
+# loaders give it to the Dataset, and view_noise() tells it without loading the data.
+VIEW_NOISE = {"circles": 0.1, "digits": 1.0, "mnist5k-vectors": 1.0, **dict.fromkeys(IMAGE_DATASETS, 0.02)}
+# Each dataset's out-of-distribution partner in the experiments: inputs of the same shape, other content.
+OOD_PARTNERS = {"moons": "circles", "circles": "moons", "mnist5k": "fashion-mnist", "fashion-mnist": "mnist5k"}
+
+
+def view_noise(name: str) -> float:
+    """The noise (std) the views of dataset `name` add unless the run says otherwise, without loading it."""
+    return VIEW_NOISE.get(name, DEFAULT_VIEW_NOISE)
 
 
 def load_dataset(name: str, root: str | pathlib.Path | None = None, seed: int = 0) -> Dataset:

@@ -9,22 +9,18 @@ baseline the energy score must beat.
 from __future__ import annotations
 
 import pathlib
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from gedi_fast.reference import energy
 from gedi_fast.train import metrics
-from gedi_fast.train.data import Dataset
+from gedi_fast.train.data import Dataset, load_dataset
+from gedi_fast.train.inference import batched_logits
 
-EVAL_ROWS = 1024  # rows per forward when scoring a split: bounds memory on 10k-image test sets
-
-
-@torch.no_grad()
-def batched_logits(model: nn.Module, x: torch.Tensor, device: torch.device, rows: int = EVAL_ROWS) -> torch.Tensor:
-    """model(x) in eval mode, `rows` at a time on `device`; float32 logits on the CPU."""
-    model.eval()
-    return torch.cat([model(x[i:i + rows].to(device)).float().cpu() for i in range(0, len(x), rows)])
+if TYPE_CHECKING:
+    from gedi_fast.train.trainer import GEDITrainer
 
 
 def ood_scores(logits: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
@@ -64,3 +60,25 @@ def record_ood(model: nn.Module, temperature: float, inside: Dataset, outside: D
     report, per_row = ood_report(model, temperature, inside, outside, device)
     metrics.merge_into_metrics_json(metrics_path, "ood", {outside.name: report})
     return report, per_row
+
+
+def ood_dataset(trainer: GEDITrainer, name: str, data_root: str | pathlib.Path | None = None) -> Dataset:
+    """Dataset `name` as the out-of-distribution class of the trainer's run: loaded with the run's seed,
+    from `data_root` (default: the run's), and checked to have the run's input shape."""
+    outside = load_dataset(name, data_root or trainer.config.data_root, trainer.config.seed)
+    require_same_shape(trainer.dataset, outside)
+    return outside
+
+
+def score_ood(trainer: GEDITrainer, outside: str | Dataset,
+              data_root: str | pathlib.Path | None = None) -> tuple[dict[str, float | int | str], pathlib.Path]:
+    """(the OOD report, the picture) of telling `outside` (a dataset, or its name, loaded as ood_dataset
+    loads it) from the trainer's run: the report goes into the run folder's metrics.json (record_ood),
+    the energy and max-softmax histograms into its ood_NAME.png."""
+    from gedi_fast.train.plots import plot_ood  # matplotlib: only when a picture is drawn
+
+    if isinstance(outside, str):
+        outside = ood_dataset(trainer, outside, data_root)
+    report, per_row = record_ood(trainer.model, trainer.config.temperature, trainer.dataset, outside, trainer.device,
+                                 trainer.out / "metrics.json")
+    return report, plot_ood(report, per_row, trainer.out / f"ood_{outside.name}.png")

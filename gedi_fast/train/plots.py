@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from gedi_fast.train import seeds
-from gedi_fast.train.ood import batched_logits  # noqa: E402
+from gedi_fast.train.inference import batched_logits  # noqa: E402
 from gedi_fast.train.run_log import EVERY_STEP, STEP_TERMS  # noqa: E402
 
 if TYPE_CHECKING:
