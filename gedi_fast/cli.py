@@ -9,6 +9,7 @@ import importlib
 import signal
 import sys
 
+from gedi_fast.experiments.images import DATASETS as IMAGE_EXPERIMENT_DATASETS
 from gedi_fast.experiments.studies import STUDIES
 from gedi_fast.train import launch
 from gedi_fast.train.clusterer import EXPORT_FORMATS
@@ -124,8 +125,8 @@ def parser() -> argparse.ArgumentParser:
                        help=f"a TrainConfig setting for every run (default), one of: {settings_help()}")
     images = commands.add_parser("images", help="GEDI with and without gen on MNIST-5k and Fashion-MNIST, k-means, "
                                  "OOD of each against the other, over seeds; Markdown tables")
-    images.add_argument("--datasets", nargs="+", default=["mnist5k", "fashion-mnist"],
-                        choices=["mnist5k", "fashion-mnist"])
+    images.add_argument("--datasets", nargs="+", default=list(IMAGE_EXPERIMENT_DATASETS),
+                        choices=IMAGE_EXPERIMENT_DATASETS)
     images.add_argument("--seeds", type=positive_int, default=3)
     images.add_argument("--out", default="runs/images", help="folder for the runs")
     images.add_argument("--report", help="where the Markdown tables go (default: OUT/RESULTS.md)")

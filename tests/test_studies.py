@@ -7,8 +7,9 @@ import math
 import pytest
 
 from gedi_fast.cli import main
-from gedi_fast.experiments import studies, triad
-from gedi_fast.train.data import MANY_BLOBS, load_dataset
+from gedi_fast.experiments import runner, studies
+from gedi_fast.experiments.studies import sgld
+from gedi_fast.train.data import MANY_BLOBS, view_noise
 from gedi_fast.train.presets import PRESETS
 from gedi_fast.train.trainer import TrainConfig
 
@@ -63,25 +64,25 @@ def test_a_study_writes_its_table_summary_figures_and_results(name, tmp_path, mo
 
 
 def test_a_group_with_its_own_k_trains_and_clusters_with_it(tmp_path):
-    case = triad.Case("digits, K = 13", "GEDI", {"dataset": "digits", "clusters": 13})
+    case = runner.Case("digits, K = 13", "GEDI", {"dataset": "digits", "clusters": 13})
     base = TrainConfig(batch_size=32, hidden=16, sgld=dict(steps=1, buffer_size=32), sgld_samples=8, log_every=2)
-    results = triad.run_cases([case], range(1), 2, tmp_path, base, log=lambda _: None)
+    results = runner.run_cases([case], range(1), 2, tmp_path, base, log=lambda _: None)
     for method in ("GEDI", "k-means"):
         (scores,) = results[(method, "digits, K = 13")]
         assert scores["usage_entropy_max"] == pytest.approx(math.log(13)) and scores["clusters_used"] <= 13
-    assert (triad.run_folder(tmp_path, "digits, K = 13", "GEDI", 0) / "checkpoint.pt").is_file()
-    assert triad.run_folder(tmp_path, "digits, K = 13", "GEDI", 0).parent.parent.name == "digits_K_13"
+    assert (runner.run_folder(tmp_path, "digits, K = 13", "GEDI", 0) / "checkpoint.pt").is_file()
+    assert runner.run_folder(tmp_path, "digits, K = 13", "GEDI", 0).parent.parent.name == "digits_K_13"
 
 
 def test_the_cheapest_setting_within_the_tolerance_of_the_best():
-    study = studies.Study("q", (triad.Case("d", "long", {}), triad.Case("d", "short", {}),
-                                triad.Case("d", "shortest", {})))
+    study = studies.Study("q", (runner.Case("d", "long", {}), runner.Case("d", "short", {}),
+                                runner.Case("d", "shortest", {})))
     results = {("long", "d"): [{"nmi": 0.90, "ms_per_step": 30.0}, {"nmi": 0.92, "ms_per_step": 32.0}],
                ("short", "d"): [{"nmi": 0.905, "ms_per_step": 10.0}, {"nmi": 0.905, "ms_per_step": 10.0}],
                ("shortest", "d"): [{"nmi": 0.80, "ms_per_step": 5.0}, {"nmi": 0.80, "ms_per_step": 5.0}]}
-    line = studies.cheapest_within_best(study, results)
+    line = sgld.cheapest_within_best(study, results)
     assert "best mean NMI 0.910 (long, 31.0 ms/step)" in line and "of it: short (NMI 0.905, 10.0 ms/step)" in line
-    assert "of it: long" in studies.cheapest_within_best(study, results, tolerance=0.001)
+    assert "of it: long" in sgld.cheapest_within_best(study, results, tolerance=0.001)
 
 
 def test_the_studies_cover_the_settings_they_are_asked_about():
@@ -100,7 +101,7 @@ def test_the_studies_cover_the_settings_they_are_asked_about():
     assert all(settings.items() >= PRESETS["cpu-images"].items() for settings in images.values())
     for group in ("moons", "digits"):
         settings = {c.method: c.settings for c in collapse.cases if c.group == group}
-        assert settings["without gen, views 1/10"]["view_noise"] == pytest.approx(load_dataset(group).view_noise / 10)
+        assert settings["without gen, views 1/10"]["view_noise"] == pytest.approx(view_noise(group) / 10)
         assert settings["without gen"]["energy_reg"] == 0 and settings["without gen, energy_reg kept"]["gen_weight"] == 0
         assert "energy_reg" not in settings["without gen, energy_reg kept"]
     for study in studies.STUDIES.values():  # every case is a valid config

@@ -7,6 +7,7 @@ import time
 
 from gedi_fast.experiments import images, studies, triad
 from gedi_fast.experiments.report import write_report
+from gedi_fast.experiments.runner import run_cases
 from gedi_fast.experiments.studies import STUDIES
 from gedi_fast.train.config import TrainConfig, parse_settings
 from gedi_fast.train.presets import preset_settings
@@ -33,8 +34,7 @@ def study_command(args: argparse.Namespace) -> int:
     base = TrainConfig.from_settings(**parse_settings(args.set))
     runs = pathlib.Path(args.out or f"runs/study_{args.name}")
     started = time.perf_counter()
-    results = triad.run_cases(list(study.cases), range(seeds), args.steps, runs, base, jobs=args.jobs,
-                              train=study.train)
+    results = run_cases(list(study.cases), range(seeds), args.steps, runs, base, jobs=args.jobs, train=study.train)
     minutes = (time.perf_counter() - started) / 60
     studies.save_results(results, runs / "results.json")
     report_path = pathlib.Path(args.report or runs / f"{args.name}.md")

@@ -10,28 +10,13 @@ import statistics
 import numpy as np
 
 from gedi_fast.experiments import triad
-from gedi_fast.train.data import load_dataset
-from gedi_fast.train.ood import record_ood
-from gedi_fast.train.plots import plot_ood, plot_run
+from gedi_fast.experiments.runner import ood_of_run, run_folder
+from gedi_fast.train.data import OOD_PARTNERS
 from gedi_fast.train.presets import PRESETS
-from gedi_fast.train.trainer import GEDITrainer, TrainConfig
+from gedi_fast.train.trainer import TrainConfig
 
-DATASETS = ("mnist5k", "fashion-mnist")
+DATASETS = ("mnist5k", "fashion-mnist")  # each the other's OOD partner (gedi_fast.train.data.OOD_PARTNERS)
 VARIANTS = {"GEDI (full)": {}, "without gen": dict(triad.VARIANTS["without gen"])}
-# Each dataset's out-of-distribution partner: the same 1 x 28 x 28 inputs, other content.
-PARTNERS = {"mnist5k": "fashion-mnist", "fashion-mnist": "mnist5k"}
-
-
-def ood_of_run(folder: pathlib.Path, outside: str) -> dict:
-    """What `gedi-fast eval --out folder --ood outside` records (the OOD report, into metrics.json too,
-    and the OOD histograms), plus the run's PNGs."""
-    trainer = GEDITrainer.resume(folder)
-    other = load_dataset(outside, trainer.config.data_root, trainer.config.seed)
-    report, per_row = record_ood(trainer.model, trainer.config.temperature, trainer.dataset, other, trainer.device,
-                                 folder / "metrics.json")
-    plot_run(trainer)
-    plot_ood(report, per_row, folder / f"ood_{other.name}.png")
-    return report
 
 
 def run(seeds=range(3), out: str | pathlib.Path = "runs/images", base: TrainConfig | None = None, jobs: int = 1,
@@ -44,9 +29,9 @@ def run(seeds=range(3), out: str | pathlib.Path = "runs/images", base: TrainConf
     for dataset in datasets:
         for variant in VARIANTS:
             for seed in seeds:
-                report = ood_of_run(triad.run_folder(out, dataset, variant, seed), PARTNERS[dataset])
+                report = ood_of_run(run_folder(out, dataset, variant, seed), OOD_PARTNERS[dataset])
                 ood.setdefault((variant, dataset), []).append(report)
-                log(f"{dataset} vs {PARTNERS[dataset]} | {variant} | seed {seed}: energy AUROC "
+                log(f"{dataset} vs {OOD_PARTNERS[dataset]} | {variant} | seed {seed}: energy AUROC "
                     f"{report['energy_auroc']:.3f}, max-softmax AUROC {report['max_softmax_auroc']:.3f}")
     return results, ood
 

@@ -90,7 +90,7 @@ def _term_gradients(trainer: GEDITrainer) -> dict[str, float]:
 
 def train_with_probes(config: TrainConfig, folder: pathlib.Path, threads: int | None = None,
                       every: int = PROBE_EVERY) -> dict[str, float]:
-    """triad.train_one with a collapse probe at step 0 and every `every` steps: the trace goes to
+    """runner.train_one with a collapse probe at step 0 and every `every` steps: the trace goes to
     folder/probes.json. The scores add the final probe's logit_spread, the lowest effective rank
     seen (min_effective_rank) and the step it was seen at; train_wall_s leaves the probes' time out."""
     if threads is not None:

@@ -1,14 +1,17 @@
 """Markdown reports of experiments: the title, the question, the command as typed (with portable
-paths), the machine and the wall time."""
+paths), the machine and the wall time; and the mean +- std over seeds their tables and figures show."""
 from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import pathlib
 import platform
 import sys
+from typing import Iterable
 
+import numpy as np
 import torch
 
 
@@ -43,3 +46,15 @@ def machine() -> str:
     """Where and with what a report was made: the date, the CPU, Python and torch."""
     return (f"{datetime.date.today()}, {platform.processor() or platform.machine()} with {os.cpu_count()} CPUs, "
             f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """The mean and the (population) standard deviation of `values`, over seeds; (nan, nan) for none."""
+    values = list(values)
+    return (float(np.mean(values)), float(np.std(values))) if values else (math.nan, math.nan)
+
+
+def mean_std_cell(values: Iterable[float], digits: int = 3) -> str:
+    """A table cell: mean +- standard deviation over seeds."""
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} +- {std:.{digits}f}"
