@@ -11,6 +11,7 @@ import sys
 
 from gedi_fast.experiments.images import DATASETS as IMAGE_EXPERIMENT_DATASETS
 from gedi_fast.experiments.studies import STUDIES
+from gedi_fast.experiments.triad import DATASETS as TRIAD_DATASETS
 from gedi_fast.train import launch
 from gedi_fast.train.clusterer import EXPORT_FORMATS
 from gedi_fast.train.config import RESUME_CHANGEABLE, settings_help
@@ -102,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
     exporting.add_argument("--format", choices=EXPORT_FORMATS, default="torch.export",
                            help="torch.export (default; load with torch.export.load) or torchscript (torch.jit.load)")
     triad = commands.add_parser("triad", help="full GEDI, its ablations and k-means over seeds; a Markdown table")
-    triad.add_argument("--datasets", nargs="+", default=["moons", "circles", "digits"], choices=sorted(LOADERS))
+    triad.add_argument("--datasets", nargs="+", default=list(TRIAD_DATASETS), choices=sorted(LOADERS))
     triad.add_argument("--seeds", type=positive_int, default=5)
     triad.add_argument("--steps", type=int, help="training steps per run (default: TrainConfig.steps)")
     triad.add_argument("--out", default="runs/triad", help="folder for the runs")

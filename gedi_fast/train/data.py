@@ -35,7 +35,7 @@ T = TypeVar("T")
 class Dataset:
     """A labelled train/test split; `kind` is "vector" or "image".
 
-    `augmentation` ("jitter", "rotation", "image" or "affine") and `view_noise` are the views the trainer uses
+    `augmentation` (a name of gedi_fast.train.augment.AUGMENTATIONS) and `view_noise` are the views the trainer uses
     unless told otherwise, and `sgld` its SGLD chain: the dataset knows its symmetries and scale, the
     trainer does not.
     """
