@@ -59,7 +59,7 @@ def test_a_second_process_on_the_same_folder_fails_at_once(tmp_path, capsys):
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import pathlib, sys, time\nfrom gedi_fast import run_folder\n"
+        "import pathlib, sys, time\nfrom gedi_fast.train import run_folder\n"
         f"with run_folder.exclusive(pathlib.Path({str(tmp_path)!r})):\n"
         "    print('locked', flush=True)\n    time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
     try:
