@@ -92,11 +92,13 @@ def _logits(rows: int, clusters: int, dtype: torch.dtype, device: str) -> torch.
 
 
 def gedi_launches(batch: int, clusters: int, dtype: torch.dtype, assignment: str, samples: int,
-                  distributed: bool, device: str = "meta") -> list[Launch]:
+                  distributed: bool, device: str = "meta", form: str = "symmetric",
+                  queued_rows: int = 0) -> list[Launch]:
     """The forward and backward launches of the fused GEDI terms for one problem (on meta tensors
-    by default; on real ones the launches can be replayed)."""
+    by default; on real ones the launches can be replayed); `queued_rows` > 0 adds a queue's columns."""
     label = f"{batch}x{clusters} {str(dtype).removeprefix('torch.')} {assignment} M={samples}" + (
-        " ddp" if distributed else "")
+        " ddp" if distributed else "") + ("" if form == "symmetric" else f" {form}") + (
+        f" Q={queued_rows}" if queued_rows else "")
     record = _Recorder(label)
     z1, z2 = _logits(batch, clusters, dtype, device), _logits(batch, clusters, dtype, device)
     zn = _logits(samples, clusters, dtype, device) if samples else None
@@ -104,10 +106,13 @@ def gedi_launches(batch: int, clusters: int, dtype: torch.dtype, assignment: str
     if assignment == "sinkhorn":
         t1, t2 = (torch.rand(batch, clusters, device=device) for _ in range(2))
     weights = [1.0, 1.0, 3.0, 0.1]
-    _, stats, lse_n, columns = gedi_terms._forward(z1, z2, zn, t1, t2, 0.1, weights, record)
+    queued_columns = torch.randn(clusters, device=device) if queued_rows else None
+    _, stats, lse_n, columns = gedi_terms._forward(z1, z2, zn, t1, t2, 0.1, weights, form, queued_columns,
+                                                   queued_rows, record)
     grad = torch.ones(len(reference.TERM_VECTOR), device=device)
-    counts = torch.full((2,), float(2 * batch), device=device) if distributed else None
-    gedi_terms._backward(grad, z1, z2, zn, t1, t2, stats, lse_n, columns, 0.1, weights, record, counts)
+    counts = torch.full((4,), float(2 * batch), device=device) if distributed else None
+    gedi_terms._backward(grad, z1, z2, zn, t1, t2, stats, lse_n, columns, 0.1, weights, form, queued_rows, record,
+                         counts)
     return record.launches
 
 
@@ -129,6 +134,12 @@ def design_launches() -> Iterator[Launch]:
                 for assignment in reference.ASSIGNMENTS:
                     yield from gedi_launches(batch, clusters, dtype, assignment, SAMPLES, distributed)
             yield from gedi_launches(batch, clusters, dtype, "softmax", 0, False)
+            # The author's form: its own column sums, finalize and backward, a subset of the symmetric
+            # form's work per tile; built in fp32 and bf16, one process (under DDP only the backward's
+            # count loads differ, code the symmetric distributed builds cover).
+            if dtype != torch.float16:
+                for assignment in reference.ASSIGNMENTS:
+                    yield from gedi_launches(batch, clusters, dtype, assignment, SAMPLES, False, form="author")
 
 
 @dataclass(frozen=True)

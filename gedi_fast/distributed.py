@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 # Entries of reference.batch_sums that add up across ranks (None entries count as 0).
-SUMMED = ("views", "lse", "lse_sq", "cross", "samples", "lse_n", "lse_n_sq", "queue_rows")
+SUMMED = ("views", "inv_rows", "lse", "lse_sq", "cross", "samples", "lse_n", "lse_n_sq", "queue_rows")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from gedi_fast.distributed import check_distributed, resolve
 from gedi_fast.ops.backend import BACKENDS
 from gedi_fast.ops.gedi import ASSIGNMENTS, gedi_loss
 from gedi_fast.queue import LogitQueue
+from gedi_fast.reference import FORMS
 from gedi_fast.validation import (
     check_gedi_inputs,
     require_bool,
@@ -52,9 +53,18 @@ class GEDILoss(torch.nn.Module):
     Sinkhorn targets and the prior's column means cover the queued rows with the batch's, which
     small batches need (the prior's gradient keeps the batch's scale); the other terms stay the
     batch's own. The queue fills over the first calls and takes each call's rows after the loss is
-    computed, in training mode only (`.eval()` reads it without adding). Under DDP each rank queues its own rows and the reductions cover every rank's
-    queue, as they cover every rank's batch. A queue runs on the reference ("auto" picks it, even
-    for CUDA logits; backend="triton" is refused): the fused kernels take no queued rows yet.
+    computed, in training mode only (`.eval()` reads it without adding). Under DDP each rank queues its
+    own rows and the reductions cover every rank's queue, as they cover every rank's batch. Both
+    backends take the queue.
+
+    form="symmetric" (default) pools both views in inv (both directions, averaged) and in the prior
+    (KL(uniform || pbar), pbar over both views). form="author" is the GEDI author's code: inv one-way,
+    -(1/B) sum_i sum_k q2 log q1 with view 2 the target (keeping its gradient under softmax targets;
+    Sinkhorn targets are constants either way), and the prior over view 1 alone, summed over the
+    clusters: -sum_k log pbar1_k = K (KL(uniform || pbar1) + log K), still in the log domain. gen and
+    energy_reg are the same in both forms (both views' rows; the author's generative-free code has
+    neither). GEDILoss(temperature=0.1, form="author", gen_weight=0, inv_weight=beta / 2,
+    prior_weight=0.5, energy_reg=0) on the raw head outputs is the author's loss (docs/DESIGN.md, "Two forms").
     """
 
     def __init__(
@@ -72,6 +82,7 @@ class GEDILoss(torch.nn.Module):
         process_group: ProcessGroup | None = None,
         check_finite: bool = False,
         queue_size: int = 0,
+        form: str = "symmetric",
     ) -> None:
         super().__init__()
         self.temperature = require_real(temperature, "temperature", positive=True)
@@ -89,9 +100,8 @@ class GEDILoss(torch.nn.Module):
         self.process_group = process_group
         self.check_finite = require_bool(check_finite, "check_finite")
         require_int(queue_size, "queue_size", minimum=0)
-        if queue_size and self.backend == "triton":
-            raise ValueError("queue_size > 0 needs backend 'auto' or 'torch': the fused kernels take no queued rows")
         self.queue = LogitQueue(queue_size) if queue_size else None
+        self.form = require_choice(form, "form", FORMS)
 
     def forward(
         self,
@@ -108,7 +118,7 @@ class GEDILoss(torch.nn.Module):
         ranks = resolve(self.distributed, self.process_group)
         queued = None if self.queue is None else self.queue.rows(z1)
         loss, terms = gedi_loss(z1, z2, zn, self.temperature, self.weights, self.assignment, self.sinkhorn_eps,
-                                self.sinkhorn_iters, self.backend, ranks, queued)
+                                self.sinkhorn_iters, self.backend, ranks, queued, self.form)
         if self.queue is not None and self.training:
             self.queue.push(z1.detach(), z2.detach())
         return (loss, terms) if return_terms else loss
@@ -127,6 +137,6 @@ class GEDILoss(torch.nn.Module):
     def extra_repr(self) -> str:
         # Named as the constructor's arguments: gen_weight, inv_weight, prior_weight, energy_reg.
         weights = ", ".join(f"{name if name == 'energy_reg' else name + '_weight'}={w:g}" for name, w in self.weights.items())
-        return (f"temperature={self.temperature:g}, {weights}, assignment={self.assignment!r}, "
+        return (f"temperature={self.temperature:g}, {weights}, assignment={self.assignment!r}, form={self.form!r}, "
                 f"backend={self.backend!r}, distributed={self.distributed!r}"
                 + (f", queue_size={self.queue.size}" if self.queue is not None else ""))

@@ -123,8 +123,9 @@ def _weighted(weight, term):
 
 
 @triton.jit
-def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS: tl.constexpr):
-    """A tile's contribution to cross1 = sum t2 log q1, cross2 = sum t1 log q2, and its column summaries."""
+def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS: tl.constexpr, AUTHOR: tl.constexpr):
+    """A tile's contribution to cross1 = sum t2 log q1, cross2 = sum t1 log q2, and its column summaries
+    (over both views; view 1 alone in the author's form)."""
     lq1 = s1 - lse1[:, None]
     lq2 = s2 - lse2[:, None]
     if not CONSTANT_TARGETS:
@@ -134,10 +135,15 @@ def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS: tl
     cross1 = tl.sum(tl.where(valid, w2 * tl.where(w2 > 0, lq1, 0.0), 0.0), 1)  # 0 log 0 = 0: a -inf cluster
     cross2 = tl.sum(tl.where(valid, w1 * tl.where(w1 > 0, lq2, 0.0), 0.0), 1)
     lq1 = tl.where(valid, lq1, float("-inf"))
-    lq2 = tl.where(valid, lq2, float("-inf"))
-    col_max = tl.maximum(tl.max(lq1, 0), tl.max(lq2, 0))
-    safe = tl.where(col_max == float("-inf"), 0.0, col_max)
-    col_sum = tl.sum(tl.exp(lq1 - safe[None, :]), 0) + tl.sum(tl.exp(lq2 - safe[None, :]), 0)
+    if AUTHOR:
+        col_max = tl.max(lq1, 0)
+        safe = tl.where(col_max == float("-inf"), 0.0, col_max)
+        col_sum = tl.sum(tl.exp(lq1 - safe[None, :]), 0)
+    else:
+        lq2 = tl.where(valid, lq2, float("-inf"))
+        col_max = tl.maximum(tl.max(lq1, 0), tl.max(lq2, 0))
+        safe = tl.where(col_max == float("-inf"), 0.0, col_max)
+        col_sum = tl.sum(tl.exp(lq1 - safe[None, :]), 0) + tl.sum(tl.exp(lq2 - safe[None, :]), 0)
     return cross1, cross2, col_max, col_sum
 
 
@@ -171,6 +177,7 @@ def _fwd_rows_kernel(
     z1, z2, zn, t1, t2, stats, lse_n, part_max, part_sum,
     B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program,
     CONSTANT_TARGETS: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    AUTHOR: tl.constexpr,
 ):
     pid = tl.program_id(0)
     r = tl.arange(0, BLOCK_B)
@@ -189,7 +196,8 @@ def _fwd_rows_kernel(
                                                   CONSTANT_TARGETS)
                 lse1 = _row_lse(s1)
                 lse2 = _row_lse(s2)
-                cross1, cross2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS)
+                cross1, cross2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok,
+                                                                     CONSTANT_TARGETS, AUTHOR)
                 acc_max, acc_sum = _merge_max_sum(acc_max, acc_sum, col_max, col_sum)
                 _store_stats(stats, rows, row_ok, lse1, lse2, cross1, cross2)
             tl.store(part_max + pid.to(tl.int64) * K + c, acc_max, mask=col_ok)
@@ -214,7 +222,8 @@ def _fwd_rows_kernel(
                 col_ok = start + c < K
                 s1, s2, w1, w2 = _load_view_tiles(z1 + start, z2 + start, t1 + start, t2 + start, safe_rows, c, col_ok,
                                                   stride_z, stride_t, inv_tau, CONSTANT_TARGETS)
-                d1, d2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS)
+                d1, d2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok,
+                                                                     CONSTANT_TARGETS, AUTHOR)
                 cross1 += d1
                 cross2 += d2
                 tl.store(part_max + pid.to(tl.int64) * K + start + c, col_max, mask=col_ok)
@@ -244,7 +253,7 @@ def _combine_kernel(part_max, part_sum, columns, n_parts, K, BLOCK: tl.constexpr
 @triton.jit(do_not_specialize=SIZE_ARGS)
 def _finalize_kernel(
     stats, lse_n, part_max, part_sum, columns, terms, B, M, K, n_parts, log_rows,
-    w_gen, w_inv, w_prior, w_ereg, COMBINE: tl.constexpr, BLOCK: tl.constexpr,
+    w_gen, w_inv, w_prior, w_ereg, COMBINE: tl.constexpr, BLOCK: tl.constexpr, AUTHOR: tl.constexpr,
 ):
     i = tl.arange(0, BLOCK)
     lse_sum = tl.zeros([BLOCK], tl.float32)
@@ -257,7 +266,9 @@ def _finalize_kernel(
         lse2 = tl.load(base + 1, mask=ok, other=0.0)
         lse_sum += lse1 + lse2
         lse_sq += lse1 * lse1 + lse2 * lse2
-        cross += tl.load(base + 2, mask=ok, other=0.0) + tl.load(base + 3, mask=ok, other=0.0)
+        cross += tl.load(base + 2, mask=ok, other=0.0)
+        if not AUTHOR:
+            cross += tl.load(base + 3, mask=ok, other=0.0)
     n_sum = tl.zeros([BLOCK], tl.float32)
     n_sq = tl.zeros([BLOCK], tl.float32)
     for start in range(0, M, BLOCK):
@@ -285,8 +296,12 @@ def _finalize_kernel(
     energy_neg = tl.where(has_samples, -tl.sum(n_sum, 0) / samples, float("nan"))
     gen = tl.where(has_samples, energy_data - energy_neg, 0.0)
     energy_reg = tl.sum(lse_sq, 0) / n_views + tl.sum(n_sq, 0) / samples
-    inv = -tl.sum(cross, 0) / n_views
-    prior = -tl.log((K * 1.0)) - tl.sum(log_sum, 0) / K
+    if AUTHOR:
+        inv = -tl.sum(cross, 0) / B
+        prior = -tl.sum(log_sum, 0)
+    else:
+        inv = -tl.sum(cross, 0) / n_views
+        prior = -tl.log((K * 1.0)) - tl.sum(log_sum, 0) / K
     tl.store(terms + _LOSS_SLOT, _weighted(w_gen, gen) + _weighted(w_inv, inv) + _weighted(w_prior, prior)
              + _weighted(w_ereg, energy_reg))
     tl.store(terms + _GEN_SLOT, gen)
@@ -327,9 +342,9 @@ def _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok
 @triton.jit
 def _bwd_views_tile(
     s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum, col_max, col_logsum, log_k, n_views,
-    g_gen, g_inv, g_prior, g_ereg, CONSTANT_TARGETS: tl.constexpr,
+    n_inv, g_gen, g_inv, g_prior, g_ereg, CONSTANT_TARGETS: tl.constexpr, AUTHOR: tl.constexpr,
 ):
-    """d loss / d s for a tile of both views (see reference.gedi_statistics for the terms)."""
+    """d loss / d s for a tile of both views (reference.gedi_gradients: the formulas, both forms)."""
     lq1 = s1 - lse1[:, None]
     lq2 = s2 - lse2[:, None]
     q1 = tl.exp(lq1)
@@ -337,14 +352,22 @@ def _bwd_views_tile(
     energy1 = (2.0 * g_ereg * lse1 - g_gen) / n_views
     energy2 = (2.0 * g_ereg * lse2 - g_gen) / n_views
     ds1 = q1 * energy1[:, None] - g_prior * (_prior_share(lq1, col_max, col_logsum, log_k) - q1 * p1[:, None])
-    ds2 = q2 * energy2[:, None] - g_prior * (_prior_share(lq2, col_max, col_logsum, log_k) - q2 * p2[:, None])
-    inv_scale = -g_inv / n_views
-    if CONSTANT_TARGETS:
-        ds1 += inv_scale * (w2 - q1 * t2_sum[:, None])
-        ds2 += inv_scale * (w1 - q2 * t1_sum[:, None])
+    inv_scale = -g_inv / n_inv
+    if AUTHOR:  # view 1 the prediction and the prior's rows, view 2 the target
+        ds2 = q2 * energy2[:, None]
+        if CONSTANT_TARGETS:
+            ds1 += inv_scale * (w2 - q1 * t2_sum[:, None])
+        else:
+            ds1 += inv_scale * (q2 - q1)
+            ds2 += inv_scale * (q2 * tl.where(q2 > 0, lq1 - cross1[:, None], 0.0))
     else:
-        ds1 += inv_scale * ((q2 - q1) + q1 * tl.where(q1 > 0, lq2 - cross2[:, None], 0.0))
-        ds2 += inv_scale * ((q1 - q2) + q2 * tl.where(q2 > 0, lq1 - cross1[:, None], 0.0))
+        ds2 = q2 * energy2[:, None] - g_prior * (_prior_share(lq2, col_max, col_logsum, log_k) - q2 * p2[:, None])
+        if CONSTANT_TARGETS:
+            ds1 += inv_scale * (w2 - q1 * t2_sum[:, None])
+            ds2 += inv_scale * (w1 - q2 * t1_sum[:, None])
+        else:
+            ds1 += inv_scale * ((q2 - q1) + q1 * tl.where(q1 > 0, lq2 - cross2[:, None], 0.0))
+            ds2 += inv_scale * ((q1 - q2) + q2 * tl.where(q2 > 0, lq1 - cross1[:, None], 0.0))
     return ds1, ds2
 
 
@@ -358,9 +381,9 @@ def _store_tile(ptr, rows, row_ok, cols, col_ok, stride, value):
 def _bwd_rows_kernel(
     z1, z2, zn, t1, t2, stats, lse_n, columns, grad_terms, counts, dz1, dz2, dzn,
     B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program,
-    w_gen, w_inv, w_prior, w_ereg,
+    w_gen, w_inv, w_prior, w_ereg, log_share,
     CONSTANT_TARGETS: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
-    GLOBAL_COUNTS: tl.constexpr,
+    GLOBAL_COUNTS: tl.constexpr, AUTHOR: tl.constexpr,
 ):
     pid = tl.program_id(0)
     r = tl.arange(0, BLOCK_B)
@@ -370,13 +393,22 @@ def _bwd_rows_kernel(
     g_inv = g_loss * w_inv + tl.load(grad_terms + _INV_SLOT)
     g_prior = g_loss * w_prior + tl.load(grad_terms + _PRIOR_SLOT)
     g_ereg = g_loss * w_ereg + tl.load(grad_terms + _ENERGY_REG_SLOT)
-    if GLOBAL_COUNTS:  # all ranks' view and sample rows, on the device (no host sync)
+    # log_k: c_k = exp(-log_k) / column sum_k is the prior's weight of cluster k (reference.gedi_gradients):
+    # log K, or 0 in the author's form, plus log(inv rows / prior rows) where a queue adds prior rows.
+    if GLOBAL_COUNTS:  # all ranks' view, sample, inv and prior rows, on the device (no host sync)
         n_views = tl.load(counts + 0)
         samples = tl.load(counts + 1)
+        n_inv = tl.load(counts + 2)
+        log_k = tl.log(n_inv) - tl.log(tl.load(counts + 3))
+        if not AUTHOR:
+            log_k += tl.log(K * 1.0)
     else:
         n_views = 2.0 * B
         samples = tl.maximum(M, 1) * 1.0
-    log_k = tl.log(K * 1.0)
+        n_inv = n_views
+        if AUTHOR:
+            n_inv = B * 1.0
+        log_k = log_share
     if pid < n_view_programs:
         row0 = pid.to(tl.int64) * rows_per_program
         if SINGLE_CHUNK:
@@ -392,7 +424,8 @@ def _bwd_rows_kernel(
                 p1, p2, t1_sum, t2_sum = _bwd_row_sums(s1, s2, w1, w2, lse1, lse2, col_max, col_logsum, log_k, col_ok,
                                                        CONSTANT_TARGETS)
                 ds1, ds2 = _bwd_views_tile(s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum,
-                                           col_max, col_logsum, log_k, n_views, g_gen, g_inv, g_prior, g_ereg, CONSTANT_TARGETS)
+                                           col_max, col_logsum, log_k, n_views, n_inv, g_gen, g_inv, g_prior, g_ereg,
+                                           CONSTANT_TARGETS, AUTHOR)
                 _store_tile(dz1, rows, row_ok, c, col_ok, stride_z, ds1 * inv_tau)
                 _store_tile(dz2, rows, row_ok, c, col_ok, stride_z, ds2 * inv_tau)
         else:
@@ -420,7 +453,8 @@ def _bwd_rows_kernel(
                 s1, s2, w1, w2 = _load_view_tiles(z1 + start, z2 + start, t1 + start, t2 + start, safe_rows, c, col_ok,
                                                   stride_z, stride_t, inv_tau, CONSTANT_TARGETS)
                 ds1, ds2 = _bwd_views_tile(s1, s2, w1, w2, lse1, lse2, cross1, cross2, p1, p2, t1_sum, t2_sum,
-                                           col_max, col_logsum, log_k, n_views, g_gen, g_inv, g_prior, g_ereg, CONSTANT_TARGETS)
+                                           col_max, col_logsum, log_k, n_views, n_inv, g_gen, g_inv, g_prior, g_ereg,
+                                           CONSTANT_TARGETS, AUTHOR)
                 _store_tile(dz1 + start, rows, row_ok, c, col_ok, stride_z, ds1 * inv_tau)
                 _store_tile(dz2 + start, rows, row_ok, c, col_ok, stride_z, ds2 * inv_tau)
     else:
@@ -497,46 +531,61 @@ def _unused(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(0, *like.shape[1:])
 
 
+def _log_share(form: str, clusters: int, inv_rows: int, queued_rows: int) -> float:
+    """The backward's log_k on one process: log K (0 in the author's form) + log(inv rows / prior rows)."""
+    return (0.0 if form == "author" else math.log(clusters)) + math.log(inv_rows / (inv_rows + queued_rows))
+
+
 def _forward(
     z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor], t1: Optional[torch.Tensor],
-    t2: Optional[torch.Tensor], temperature: float, weights: list[float], wrap: Callable = direct,
+    t2: Optional[torch.Tensor], temperature: float, weights: list[float], form: str,
+    queued_columns: Optional[torch.Tensor], queued_rows: int, wrap: Callable = direct,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(terms vector in reference.TERM_VECTOR order, per-row stats [B, 4], sample lse [M], columns [2, K]).
 
-    columns holds, per cluster, the max over the 2B view rows of log q and the log-sum of exp(log q - max).
+    columns holds, per cluster, the max over the prior's rows of log q and the log-sum of exp(log q - max):
+    the 2B view rows (view 1's B in the author's form) and, given queued_columns (the log column sums
+    of `queued_rows` queued rows, reference.queue_columns), those as one more partial.
     """
     z1, z2 = _contiguous(z1), _contiguous(z2)
     batch, clusters = z1.shape
     samples = 0 if zn is None else zn.shape[0]
     constant_targets = t1 is not None
+    author = form == "author"
+    queued = queued_columns is not None
     plan = forward_plan(batch, samples, clusters)
     f32 = dict(device=z1.device, dtype=torch.float32)
     stats = torch.empty(batch, 4, **f32)
     lse_n = torch.empty(samples, **f32)
-    part_max = torch.empty(plan.view_programs, clusters, **f32)
-    part_sum = torch.empty(plan.view_programs, clusters, **f32)
+    n_parts = plan.view_programs + queued
+    part_max = torch.empty(n_parts, clusters, **f32)
+    part_sum = torch.empty(n_parts, clusters, **f32)
+    if queued:  # a partial of its own: (log column sum, 1)
+        part_max[-1] = queued_columns.to(torch.float32)
+        part_sum[-1] = 1.0
     columns = torch.empty(2, clusters, **f32)
     terms = torch.empty(N_TERMS, **f32)
     zn = _unused(z1) if zn is None else _contiguous(zn)
     t1 = _contiguous(t1) if constant_targets else _unused(z1)
     t2 = _contiguous(t2) if constant_targets else _unused(z1)
-    combine_here = plan.view_programs * clusters <= COMBINE_IN_FINALIZE_MAX
+    combine_here = n_parts * clusters <= COMBINE_IN_FINALIZE_MAX
+    inv_rows = batch if author else 2 * batch
     with on_device(z1):
         wrap(_fwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
             z1, z2, zn, t1, t2, stats, lse_n, part_max, part_sum,
             batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
             plan.view_programs, plan.rows_per_program,
             CONSTANT_TARGETS=constant_targets, SINGLE_CHUNK=plan.single_chunk,
-            BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
+            BLOCK_B=plan.block_b, BLOCK_K=plan.block_k, AUTHOR=author,
             num_warps=plan.num_warps,
         )
         if not combine_here:
             wrap(_combine_kernel)[(triton.cdiv(clusters, 256),)](
-                part_max, part_sum, columns, plan.view_programs, clusters, BLOCK=256, num_warps=4
+                part_max, part_sum, columns, n_parts, clusters, BLOCK=256, num_warps=4
             )
         wrap(_finalize_kernel)[(1,)](
-            stats, lse_n, part_max, part_sum, columns, terms, batch, samples, clusters, plan.view_programs,
-            math.log(2 * batch), *weights, COMBINE=combine_here, BLOCK=1024, num_warps=8,
+            stats, lse_n, part_max, part_sum, columns, terms, batch, samples, clusters, n_parts,
+            math.log(inv_rows + queued_rows), *weights, COMBINE=combine_here, BLOCK=1024, AUTHOR=author, num_warps=8,
         )
     return terms, stats, lse_n, columns
 
@@ -544,18 +593,19 @@ def _forward(
 def _backward(
     grad_terms: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor],
     t1: Optional[torch.Tensor], t2: Optional[torch.Tensor], stats: torch.Tensor, lse_n: torch.Tensor,
-    columns: torch.Tensor, temperature: float, weights: list[float], wrap: Callable = direct,
-    counts: Optional[torch.Tensor] = None,
+    columns: torch.Tensor, temperature: float, weights: list[float], form: str, queued_rows: int,
+    wrap: Callable = direct, counts: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dz1, dz2, dzn) in the inputs' dtypes; dzn is empty (0 x K) without samples.
 
-    counts: float32 [view rows, max(sample rows, 1)] over all ranks, with `columns` over all ranks;
-    None for this batch alone.
+    counts: float32 [view rows, max(sample rows, 1), inv rows, prior rows] over all ranks, with
+    `columns` over all ranks; None for this batch alone (with `queued_rows` queued prior rows).
     """
     z1, z2 = _contiguous(z1), _contiguous(z2)
     batch, clusters = z1.shape
     samples = 0 if zn is None else zn.shape[0]
     constant_targets = t1 is not None
+    author = form == "author"
     plan = backward_plan(batch, samples, clusters)
     dz1, dz2 = torch.empty_like(z1), torch.empty_like(z2)
     zn = _unused(z1) if zn is None else _contiguous(zn)
@@ -564,14 +614,15 @@ def _backward(
     t2 = _contiguous(t2) if constant_targets else _unused(z1)
     global_counts = counts is not None
     counts = counts if global_counts else _unused(stats)
+    log_share = _log_share(form, clusters, batch if author else 2 * batch, queued_rows)
     with on_device(z1):
         wrap(_bwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
             z1, z2, zn, t1, t2, stats, lse_n, columns, grad_terms.contiguous(), counts, dz1, dz2, dzn,
             batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
-            plan.view_programs, plan.rows_per_program, *weights,
+            plan.view_programs, plan.rows_per_program, *weights, log_share,
             CONSTANT_TARGETS=constant_targets, SINGLE_CHUNK=plan.single_chunk,
             BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
-            GLOBAL_COUNTS=global_counts, num_warps=plan.num_warps,
+            GLOBAL_COUNTS=global_counts, AUTHOR=author, num_warps=plan.num_warps,
         )
     return dz1, dz2, dzn
 
@@ -583,60 +634,72 @@ def _backward(
 @torch.library.triton_op("gedi_fast::gedi_terms_fwd", mutates_args=())
 def gedi_terms_fwd(
     z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor], t1: Optional[torch.Tensor],
-    t2: Optional[torch.Tensor], temperature: float, weights: list[float],
+    t2: Optional[torch.Tensor], temperature: float, weights: list[float], form: str,
+    queued_columns: Optional[torch.Tensor], queued_rows: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if z1.device.type != "cuda":
-        return _gedi_terms_fwd_cpu(z1, z2, zn, t1, t2, temperature, weights)
-    return _forward(z1, z2, zn, t1, t2, temperature, weights, torch.library.wrap_triton)
+        return _gedi_terms_fwd_cpu(z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows)
+    return _forward(z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows,
+                    torch.library.wrap_triton)
 
 
 @torch.library.triton_op("gedi_fast::gedi_terms_bwd", mutates_args=())
 def gedi_terms_bwd(
     grad_terms: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor],
     t1: Optional[torch.Tensor], t2: Optional[torch.Tensor], stats: torch.Tensor, lse_n: torch.Tensor,
-    columns: torch.Tensor, temperature: float, weights: list[float],
+    columns: torch.Tensor, temperature: float, weights: list[float], form: str,
+    queued_columns: Optional[torch.Tensor], queued_rows: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if z1.device.type != "cuda":
-        return _gedi_terms_bwd_cpu(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights)
-    return _backward(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights,
+        return _gedi_terms_bwd_cpu(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights, form,
+                                   queued_columns, queued_rows)
+    return _backward(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights, form, queued_rows,
                      torch.library.wrap_triton)
 
 
-def _reference_vector(z1, z2, zn, t1, t2, temperature, weights):
-    stats = reference.gedi_statistics(z1, z2, zn, temperature, None if t1 is None else (t1, t2))
-    terms = reference.terms_from_statistics(stats)
+def _reference_vector(z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows):
+    stats = reference.gedi_statistics(z1, z2, zn, temperature, None if t1 is None else (t1, t2), form)
+    sums = reference.batch_sums(stats, form)
+    if queued_columns is not None:
+        sums = reference.with_queue(sums, queued_columns, queued_rows)
+    terms = reference.terms_from_sums(sums, form)
     terms["loss"] = reference.weighted_loss(terms, dict(zip(reference.TERM_NAMES, weights)))
-    return torch.stack([terms[name].float() for name in reference.TERM_VECTOR]), stats
+    return torch.stack([terms[name].float() for name in reference.TERM_VECTOR]), stats, sums["log_columns"]
 
 
 @gedi_terms_fwd.register_kernel("cpu")
-def _gedi_terms_fwd_cpu(z1, z2, zn, t1, t2, temperature, weights):
-    vector, stats = _reference_vector(z1, z2, zn, t1, t2, temperature, weights)
+def _gedi_terms_fwd_cpu(z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows):
+    vector, stats, log_columns = _reference_vector(z1, z2, zn, t1, t2, temperature, weights, form, queued_columns,
+                                                   queued_rows)
     rows = torch.stack([stats[k] for k in ("lse1", "lse2", "cross1", "cross2")], 1).float()
     lse_n = stats["lse_n"].float() if zn is not None else rows.new_empty(0)
     # Any split of log(N pbar) into (max, log-sum) is valid; the reference keeps it whole.
-    log_columns = stats["log_columns"].float()
+    log_columns = log_columns.float()
     return vector, rows, lse_n, torch.stack([log_columns, torch.zeros_like(log_columns)])
 
 
 @gedi_terms_bwd.register_kernel("cpu")
-def _gedi_terms_bwd_cpu(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights):
+def _gedi_terms_bwd_cpu(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights, form,
+                        queued_columns, queued_rows):
     targets = None if t1 is None else (t1, t2)
-    dz1, dz2, dzn = reference.gedi_gradients(grad_terms, z1, z2, zn, temperature, weights, targets)
+    queued = None if queued_columns is None else (queued_columns, queued_rows)
+    dz1, dz2, dzn = reference.gedi_gradients(grad_terms, z1, z2, zn, temperature, weights, targets, form, queued)
     return dz1, dz2, z1.new_empty(0, z1.shape[1]) if dzn is None else dzn
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    z1, z2, zn, t1, t2, temperature, weights = inputs
+    z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows = inputs
     _, stats, lse_n, columns = output
-    ctx.save_for_backward(z1, z2, zn, t1, t2, stats, lse_n, columns)
+    ctx.save_for_backward(z1, z2, zn, t1, t2, stats, lse_n, columns, queued_columns)
     ctx.temperature, ctx.weights, ctx.has_samples = temperature, weights, zn is not None
+    ctx.form, ctx.queued_rows = form, queued_rows
 
 
 def _gradients(ctx, grad_terms, backward) -> tuple:
-    z1, z2, zn, t1, t2, stats, lse_n, columns = ctx.saved_tensors
-    dz1, dz2, dzn = backward(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, ctx.temperature, ctx.weights)
-    return dz1, dz2, dzn if ctx.has_samples else None, None, None, None, None
+    z1, z2, zn, t1, t2, stats, lse_n, columns, queued_columns = ctx.saved_tensors
+    dz1, dz2, dzn = backward(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, ctx.temperature, ctx.weights,
+                             ctx.form, queued_columns, ctx.queued_rows)
+    return dz1, dz2, dzn if ctx.has_samples else None, None, None, None, None, None, None, None
 
 
 def _op_backward(ctx, grad_terms, *unused_grads):
@@ -646,19 +709,26 @@ def _op_backward(ctx, grad_terms, *unused_grads):
 gedi_terms_fwd.register_autograd(_op_backward, setup_context=_setup_context)
 
 
+def _eager_backward(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights, form,
+                    queued_columns, queued_rows, counts=None):
+    """_backward with the registered op's arguments (the queued columns are in `columns` already)."""
+    return _backward(grad_terms, z1, z2, zn, t1, t2, stats, lse_n, columns, temperature, weights, form, queued_rows,
+                     counts=counts)
+
+
 class _EagerGEDITerms(torch.autograd.Function):
     """The same forward and backward as the registered op, launched without the dispatcher."""
 
     @staticmethod
-    def forward(ctx, z1, z2, zn, t1, t2, temperature, weights):
-        output = _forward(z1, z2, zn, t1, t2, temperature, weights)
-        _setup_context(ctx, (z1, z2, zn, t1, t2, temperature, weights), output)
+    def forward(ctx, z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows):
+        output = _forward(z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows)
+        _setup_context(ctx, (z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows), output)
         ctx.mark_non_differentiable(*output[1:])
         return output
 
     @staticmethod
     def backward(ctx, grad_terms, *unused_grads):
-        return _gradients(ctx, grad_terms, _backward)
+        return _gradients(ctx, grad_terms, _eager_backward)
 
 
 class _DistributedGEDITerms(torch.autograd.Function):
@@ -666,24 +736,29 @@ class _DistributedGEDITerms(torch.autograd.Function):
     the reference's formulas in torch; the backward launch with the global columns and counts."""
 
     @staticmethod
-    def forward(ctx, z1, z2, zn, t1, t2, temperature, weights, ranks: Ranks):
-        _, rows, lse_n, columns = _forward(z1, z2, zn, t1, t2, temperature, weights)
+    def forward(ctx, z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows, ranks: Ranks):
+        inputs = (z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows)
+        _, rows, lse_n, columns = _forward(*inputs)
         top, total = ranks.max_sum(columns[0], columns[1].exp())
         columns = torch.stack([top, total.log()])
         stats = {"lse1": rows[:, 0], "lse2": rows[:, 1], "cross1": rows[:, 2], "cross2": rows[:, 3],
                  "lse_n": None if zn is None else lse_n, "log_columns": columns.sum(0)}
-        sums = ranks.sum_rows(reference.batch_sums(stats))
-        terms = reference.terms_from_sums(sums)
+        local = reference.batch_sums(stats, form)
+        if queued_columns is not None:  # columns hold the queue already; the count joins the others
+            local["queue_rows"] = queued_rows
+        sums = ranks.sum_rows(local)
+        terms = reference.terms_from_sums(sums, form)
         terms["loss"] = reference.weighted_loss(terms, dict(zip(reference.TERM_NAMES, weights)))
-        counts = torch.stack([sums["views"], sums["samples"].clamp(min=1)])
-        _setup_context(ctx, (z1, z2, zn, t1, t2, temperature, weights), (None, rows, lse_n, columns))
+        prior_rows = sums["inv_rows"] if sums["queue_rows"] is None else sums["inv_rows"] + sums["queue_rows"]
+        counts = torch.stack([sums["views"], sums["samples"].clamp(min=1), sums["inv_rows"], prior_rows])
+        _setup_context(ctx, inputs, (None, rows, lse_n, columns))
         ctx.counts, ctx.world_size = counts, ranks.world_size
         return torch.stack([terms[name] for name in reference.TERM_VECTOR])
 
     @staticmethod
     def backward(ctx, grad_terms):
         def backward(grad, *args):
-            return _backward(grad * ctx.world_size, *args, counts=ctx.counts)
+            return _eager_backward(grad * ctx.world_size, *args, counts=ctx.counts)
 
         return *_gradients(ctx, grad_terms, backward), None
 
@@ -691,18 +766,22 @@ class _DistributedGEDITerms(torch.autograd.Function):
 def gedi_terms(
     z1: torch.Tensor, z2: torch.Tensor, zn: Optional[torch.Tensor],
     targets: Optional[tuple[torch.Tensor, torch.Tensor]], temperature: float, weights: list[float],
-    ranks: Optional[Ranks] = None,
+    ranks: Optional[Ranks] = None, form: str = "symmetric", queued_columns: Optional[torch.Tensor] = None,
+    queued_rows: int = 0,
 ) -> torch.Tensor:
     """The terms vector (reference.TERM_VECTOR order), differentiable in z1, z2, zn.
 
     `targets` are Sinkhorn assignments (constants) or None for softmax targets. `weights` are
-    (gen, inv, prior, energy_reg) for entry 0, the weighted loss. Eager calls launch the kernels
-    directly; under torch.compile the registered op is traced instead. With `ranks`, the terms of all
-    ranks' rows (the same on every rank) and world size x their gradient for this rank's rows.
+    (gen, inv, prior, energy_reg) for entry 0, the weighted loss. `form` is one of reference.FORMS.
+    `queued_columns`, `queued_rows`: a queue's rows in the prior (reference.queue_columns), or None.
+    Eager calls launch the kernels directly; under torch.compile the registered op is traced instead.
+    With `ranks`, the terms of all ranks' rows (the same on every rank) and world size x their
+    gradient for this rank's rows.
     """
     t1, t2 = (None, None) if targets is None else targets
+    inputs = (z1, z2, zn, t1, t2, temperature, weights, form, queued_columns, queued_rows)
     if ranks is not None:
-        return _DistributedGEDITerms.apply(z1, z2, zn, t1, t2, temperature, weights, ranks)
+        return _DistributedGEDITerms.apply(*inputs, ranks)
     if torch.compiler.is_compiling():
-        return torch.ops.gedi_fast.gedi_terms_fwd(z1, z2, zn, t1, t2, temperature, weights)[0]
-    return _EagerGEDITerms.apply(z1, z2, zn, t1, t2, temperature, weights)[0]
+        return torch.ops.gedi_fast.gedi_terms_fwd(*inputs)[0]
+    return _EagerGEDITerms.apply(*inputs)[0]

@@ -31,7 +31,16 @@ LOSS_CASES = {
     "softmax_one_row_no_samples": (SETTINGS, K, (1, 6), None, False),
     "sinkhorn": ({**SETTINGS, "assignment": "sinkhorn", "sinkhorn_eps": 0.3, "sinkhorn_iters": 4}, K, (4, 2), (3, 3),
                  False),
+    "author": ({**SETTINGS, "form": "author"}, K, (3, 5), (2, 4), False),
+    "author_sinkhorn": ({**SETTINGS, "form": "author", "assignment": "sinkhorn", "sinkhorn_eps": 0.3}, K, (4, 2),
+                        None, False),
     "chunked_many_programs": (SETTINGS, 37, (9, 4), (1, 2), True),
+}
+# name: (GEDILoss settings, view rows per rank, queued rows per rank): a queue on each rank (rank 1's
+# empty, as after resuming on more ranks), against one process whose queue holds every rank's rows.
+QUEUE_CASES = {
+    "queue_symmetric_sinkhorn": ({**SETTINGS, "assignment": "sinkhorn", "sinkhorn_eps": 0.3}, (3, 5), (6, 0)),
+    "queue_author": ({**SETTINGS, "form": "author"}, (4, 2), (3, 2)),
 }
 # name: (rows per rank, score scale, eps, iters); "huge" overflows SwAV's exp(scores / eps)
 SINKHORN_CASES = {"iters1": ((3, 5), 1.0, 0.05, 1), "iters3": ((3, 5), 1.0, 0.05, 3), "huge": ((6, 1), 1e3, 0.01, 3)}
@@ -46,10 +55,13 @@ def _draw_cases(backend: str) -> dict:
         return list((torch.randn(sum(counts), clusters, generator=gen, dtype=torch.float64) * scale).to(dtype)
                     .split(counts))
 
-    cases = {"backend": backend, "loss": {}, "sinkhorn": {}}
+    cases = {"backend": backend, "loss": {}, "sinkhorn": {}, "queue": {}}
     for name, (settings, clusters, batches, samples, _) in LOSS_CASES.items():
         cases["loss"][name] = ({**settings, "backend": backend}, rows(batches, clusters), rows(batches, clusters),
                                None if samples is None else rows(samples, clusters))
+    for name, (settings, batches, queued) in QUEUE_CASES.items():
+        cases["queue"][name] = ({**settings, "backend": backend}, rows(batches), rows(batches), rows(queued),
+                                rows(queued))
     for name, (batches, scale, eps, iters) in SINKHORN_CASES.items():
         cases["sinkhorn"][name] = (rows(batches, K, scale), eps, iters)
     cases["ddp"] = ([torch.randn(n, 5, generator=gen, dtype=torch.float64) for n in (3, 5)],
@@ -90,11 +102,22 @@ def _ddp_grads(xs: torch.Tensor, xn: torch.Tensor, wrap) -> list[torch.Tensor]:
     return [p.grad for p in model.parameters()]
 
 
+def _queued_loss(settings: dict, queued1: torch.Tensor, queued2: torch.Tensor) -> GEDILoss:
+    """A GEDILoss whose queue holds these rows, filled directly (a loss call would be a collective)."""
+    loss = GEDILoss(**settings, queue_size=max(len(queued1), 1))
+    if len(queued1):
+        loss.queue.push(queued1, queued2)
+    return loss
+
+
 def _rank_work(rank: int, cases: dict) -> dict:
     backend = cases["backend"]
     both = dist.new_group([0, 1])
     solo = [dist.new_group([r]) for r in range(WORLD)][rank]  # every rank joins every new_group call
-    out = {"loss": {}, "sinkhorn": {}, "world1": {}}
+    out = {"loss": {}, "sinkhorn": {}, "world1": {}, "queue": {}}
+    for name, (settings, z1, z2, queued1, queued2) in cases["queue"].items():
+        out["queue"][name] = _loss_and_grads(_queued_loss(settings, queued1[rank], queued2[rank]), z1[rank], z2[rank],
+                                             None)
     for name, (settings, z1, z2, zn) in cases["loss"].items():  # the forced case last: its settings stay
         if LOSS_CASES[name][4] and backend == "triton":
             _force_many_programs()
@@ -150,6 +173,25 @@ def test_loss_terms_and_gradients_equal_one_process_on_all_rows(run, name):
         for term in DIFFERENTIABLE:
             for got_grad, full, rows in zip(result["grads"][term], whole["grads"][term], counts):
                 torch.testing.assert_close(got_grad.double() / WORLD, _split(full, rows)[rank], **tolerance,
+                                           msg=f"{name}: d {term} on rank {rank}")
+
+
+@pytest.mark.parametrize("name", QUEUE_CASES)
+def test_queues_on_every_rank_equal_one_process_holding_all_their_rows(run, name):
+    cases, ranks = run
+    tolerance = TOLERANCE[cases["backend"]]
+    settings, z1, z2, queued1, queued2 = cases["queue"][name]
+    oracle = _queued_loss({**settings, "backend": "torch"}, torch.cat(queued1).double(), torch.cat(queued2).double())
+    whole = _loss_and_grads(oracle, torch.cat(z1).double(), torch.cat(z2).double(), None)
+    counts = [t.shape[0] for t in z1]
+    for rank, got in enumerate(ranks):
+        result = got["queue"][name]
+        for term, value in whole["values"].items():
+            torch.testing.assert_close(result["values"][term].double(), value, equal_nan=True, **tolerance,
+                                       msg=f"{name} {term}")
+        for term in DIFFERENTIABLE:
+            for got_grad, full in zip(result["grads"][term], whole["grads"][term]):
+                torch.testing.assert_close(got_grad.double() / WORLD, _split(full, counts)[rank], **tolerance,
                                            msg=f"{name}: d {term} on rank {rank}")
 
 

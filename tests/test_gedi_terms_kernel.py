@@ -176,3 +176,63 @@ def test_loss_module_triton_backend_equals_torch_backend(gen, assignment):
     torch.testing.assert_close(inv_t, inv_r, rtol=1e-4, atol=1e-6)
     for got, want in zip(grads_t, grads_r):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def reference_form_vector_and_grads(z1, z2, zn, targets, temperature, grad_terms, form, queue):
+    """The float64 reference of the terms vector and its input gradients in `form`, with a queue's rows."""
+    inputs = [t.detach().double().requires_grad_(True) for t in (z1, z2, zn)]
+    stats = reference.gedi_statistics(*inputs, temperature, None if targets is None else
+                                      tuple(t.double() for t in targets), form)
+    sums = reference.batch_sums(stats, form)
+    if queue is not None:
+        sums = reference.with_queue(sums, *reference.queue_columns(tuple(q.double() for q in queue), temperature,
+                                                                   form))
+    terms = reference.terms_from_sums(sums, form)
+    terms["loss"] = reference.weighted_loss(terms, dict(zip(reference.TERM_NAMES, WEIGHTS)))
+    vector = torch.stack([terms[name] for name in reference.TERM_VECTOR])
+    grads = torch.autograd.grad(vector[:5], inputs, grad_terms[:5].double(), materialize_grads=True)
+    return vector.detach(), grads
+
+
+@pytest.mark.parametrize("form", reference.FORMS)
+@pytest.mark.parametrize("queued", [0, 6])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+@pytest.mark.parametrize("batch, clusters, chunked", [(1, 3, False), (7, 10, False), (64, 1000, False), (9, 13, True)])
+def test_both_forms_and_a_queue_match_the_reference(gen, monkeypatch, form, queued, assignment, batch, clusters,
+                                                     chunked):
+    if chunked:  # column chunks, several programs, the separate combine kernel (the queue's partial among them)
+        monkeypatch.setattr(fused, "SINGLE_CHUNK_MAX", 4)
+        monkeypatch.setattr(fused, "CHUNK_COLUMNS", 4)
+        monkeypatch.setattr(fused, "CHUNK_ROWS", 4)
+        monkeypatch.setattr(fused, "COMBINE_IN_FINALIZE_MAX", 0)
+    z1, z2, zn = make_inputs(gen, batch, clusters, 5, scale=4.0)
+    queue = tuple(make_inputs(gen, queued, clusters, 0, scale=4.0)[:2]) if queued else None
+    targets = sinkhorn_targets(z1, z2, 0.5) if assignment == "sinkhorn" else None
+    grad_terms = torch.rand(len(reference.TERM_VECTOR), generator=gen)
+    columns, rows = (None, 0) if queue is None else reference.queue_columns(queue, 0.5, form)
+    inputs = [t.detach().clone().requires_grad_(True) for t in (z1, z2, zn)]
+    vector = fused.gedi_terms(*inputs, targets, 0.5, WEIGHTS, None, form, columns, rows)
+    vector.backward(grad_terms)
+    want = reference_form_vector_and_grads(z1, z2, zn, targets, 0.5, grad_terms, form, queue)
+    assert_matches(vector.detach(), [t.grad for t in inputs], *want, rtol=2e-5)
+
+
+@pytest.mark.parametrize("form", reference.FORMS)
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_the_loss_module_keeps_the_kernels_with_a_queue(gen, form, assignment):
+    """backend="triton" takes queue_size (the queued Sinkhorn targets on the fused Sinkhorn kernels too)
+    and gives the reference's loss and gradients call after call, as the queue fills and wraps."""
+    losses = {backend: GEDILoss(temperature=0.2, assignment=assignment, energy_reg=0.05, sinkhorn_eps=0.3,
+                                backend=backend, queue_size=10, form=form) for backend in ("triton", "torch")}
+    for call in range(3):
+        z1, z2, zn = make_inputs(gen, 6, 9, 4, scale=2.0)
+        results = {}
+        for backend, loss_fn in losses.items():
+            inputs = [t.clone().requires_grad_(True) for t in (z1, z2, zn)]
+            loss = loss_fn(*inputs)
+            loss.backward()
+            results[backend] = (loss.detach(), [t.grad for t in inputs])
+        torch.testing.assert_close(results["triton"][0], results["torch"][0], rtol=1e-5, atol=1e-5)
+        for got, want in zip(results["triton"][1], results["torch"][1]):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert losses["triton"].queue.filled == 10

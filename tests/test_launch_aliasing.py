@@ -73,6 +73,21 @@ def test_gedi_terms_launches(monkeypatch, batch, clusters, samples, assignment, 
     assert_written_arguments_are_private(launches)
 
 
+@pytest.mark.parametrize("form, queued_rows", [("author", 0), ("symmetric", 3), ("author", 3)])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+@pytest.mark.parametrize("distributed", [False, True])
+@pytest.mark.parametrize("schedule", ["single_chunk", "chunked_with_combine"])
+def test_gedi_terms_launches_of_the_authors_form_and_with_a_queue(monkeypatch, form, queued_rows, assignment,
+                                                                    distributed, schedule):
+    if schedule == "chunked_with_combine":
+        monkeypatch.setattr(gedi_terms, "SINGLE_CHUNK_MAX", 2)
+        monkeypatch.setattr(gedi_terms, "CHUNK_COLUMNS", 4)
+        monkeypatch.setattr(gedi_terms, "COMBINE_IN_FINALIZE_MAX", 0)
+    launches = sm90.gedi_launches(5, 7, torch.float32, assignment, 4, distributed, device="cpu", form=form,
+                                  queued_rows=queued_rows)
+    assert_written_arguments_are_private(launches)
+
+
 @pytest.mark.parametrize("batch,clusters", PROBLEMS)
 @pytest.mark.parametrize("schedule", ["single_launch", "multi_pass", "chunked"])
 def test_sinkhorn_launches(monkeypatch, batch, clusters, schedule):

@@ -29,35 +29,38 @@ def _filled(loss: GEDILoss, batches: list[tuple[torch.Tensor, torch.Tensor]]) ->
     return loss
 
 
+@pytest.mark.parametrize("form", reference.FORMS)
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 @pytest.mark.parametrize("clusters, batch, past, size, scale", [
     (7, 1, [3, 2], 5, 1.0),     # B = 1, queue not yet full
     (7, 5, [4, 4, 4], 6, 2.0),  # wrapped ring
     (13, 3, [9], 4, 40.0),      # huge logits; a past batch larger than the queue
 ])
-def test_queued_loss_equals_the_loss_on_the_concatenated_batch(assignment, clusters, batch, past, size, scale):
+def test_queued_loss_equals_the_loss_on_the_concatenated_batch(form, assignment, clusters, batch, past, size, scale):
     generator = torch.Generator().manual_seed(clusters * 100 + batch)
     history = [(_logits(n, clusters, scale, generator).detach(), _logits(n, clusters, scale, generator).detach())
                for n in past]
-    loss = _filled(GEDILoss(assignment=assignment, queue_size=size, **SETTINGS), history)
+    loss = _filled(GEDILoss(assignment=assignment, queue_size=size, form=form, **SETTINGS), history)
     queued1, queued2 = (torch.cat([h[view] for h in history])[-size:] for view in (0, 1))
     z1, z2, zn = (_logits(rows, clusters, scale, generator) for rows in (batch, batch, 4))
     _, terms = loss(z1, z2, zn, return_terms=True)
 
     c1, c2 = torch.cat([queued1, z1]), torch.cat([queued2, z2])
-    concatenated = reference.gedi_terms(c1, c2, zn, T, assignment, SETTINGS["sinkhorn_eps"], SETTINGS["sinkhorn_iters"])
+    concatenated = reference.gedi_terms(c1, c2, zn, T, assignment, SETTINGS["sinkhorn_eps"], SETTINGS["sinkhorn_iters"],
+                                        form=form)
     targets = reference.assignment_targets(c1, c2, assignment, SETTINGS["sinkhorn_eps"], SETTINGS["sinkhorn_iters"])
     targets = None if targets is None else tuple(t[-batch:] for t in targets)
-    own = reference.terms_from_statistics(reference.gedi_statistics(z1, z2, zn, T, targets))
+    own = reference.terms_from_statistics(reference.gedi_statistics(z1, z2, zn, T, targets, form), form)
 
     torch.testing.assert_close(terms["prior"], concatenated["prior"], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(terms["cluster_entropy"], concatenated["cluster_entropy"], rtol=1e-12, atol=1e-12)
     for name in ("gen", "inv", "energy_reg"):
         torch.testing.assert_close(terms[name], own[name], rtol=1e-12, atol=1e-12, msg=name)
     # The gradient is the concatenated batch's at the batch's own scale (docs/DESIGN.md, "The queue").
-    scale = (len(queued1) + batch) / batch
-    want = torch.autograd.grad(concatenated["prior"], (z1, z2))
-    for have, expected in zip(torch.autograd.grad(terms["prior"], (z1, z2), retain_graph=True), want):
+    scale = (len(queued1) + batch) / batch  # the prior's rows per view: the same ratio in both forms
+    want = torch.autograd.grad(concatenated["prior"], (z1, z2), materialize_grads=True)  # author: none for z2
+    have = torch.autograd.grad(terms["prior"], (z1, z2), retain_graph=True, materialize_grads=True)
+    for have, expected in zip(have, want):
         torch.testing.assert_close(have, scale * expected, rtol=1e-10, atol=1e-12)
     assert loss.queue.filled == size and torch.equal(loss.queue.rows(z1)[0][-batch:], z1.detach())
 
@@ -99,7 +102,6 @@ def test_the_module_state_dict_carries_the_queue():
 @pytest.mark.parametrize("make, error", [
     (lambda: GEDILoss(queue_size=-1), ValueError),
     (lambda: GEDILoss(queue_size=2.5), TypeError),
-    (lambda: GEDILoss(queue_size=4, backend="triton"), ValueError),
     (lambda: TrainConfig(queue_size=-3), ValueError),
     (lambda: TrainConfig(queue_size=8, compile_step=True), ValueError),
     (lambda: LogitQueue(0), ValueError),

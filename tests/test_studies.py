@@ -107,3 +107,15 @@ def test_the_studies_cover_the_settings_they_are_asked_about():
     for study in studies.STUDIES.values():  # every case is a valid config
         for case in study.cases:
             TrainConfig().with_settings(**case.settings)
+
+
+def test_the_forms_study_runs_both_forms_with_and_without_gen_on_vectors_and_images():
+    forms = studies.STUDIES["forms"]
+    datasets = {c.settings["dataset"] for c in forms.cases}
+    assert datasets == {"moons", "circles", "digits", "mnist5k"}
+    for dataset in datasets:
+        settings = [TrainConfig.from_settings(**c.settings) for c in forms.cases if c.settings["dataset"] == dataset]
+        seen = {(config.form, config.gen_weight != 0) for config in settings}
+        assert seen == {("symmetric", True), ("symmetric", False), ("author", True), ("author", False)}
+        authors = [c for c in settings if (c.inv_weight, c.prior_weight, c.gen_weight) == (0.05, 0.5, 0.0)]
+        assert len(authors) == 1 and authors[0].form == "author" and authors[0].energy_reg == 0

@@ -17,17 +17,24 @@ from gedi_fast.ops.backend import use_triton
 from gedi_fast.ops.sinkhorn import fused_sinkhorn_knopp
 
 Targets = Optional[tuple[torch.Tensor, torch.Tensor]]
-TargetsFn = Callable[[torch.Tensor, torch.Tensor, float, int, Optional[Ranks]], Targets]
+Queued = Optional[tuple[torch.Tensor, torch.Tensor]]
+TargetsFn = Callable[[torch.Tensor, torch.Tensor, float, int, Optional[Ranks], Queued], Targets]
 
 
-def _softmax_targets(z1: torch.Tensor, z2: torch.Tensor, eps: float, iters: int, ranks: Ranks | None) -> Targets:
+def _softmax_targets(z1: torch.Tensor, z2: torch.Tensor, eps: float, iters: int, ranks: Ranks | None,
+                     queue: Queued) -> Targets:
     """None: the kernels take t = q from the logits themselves, with gradient through both sides."""
     return None
 
 
-def _sinkhorn_targets(z1: torch.Tensor, z2: torch.Tensor, eps: float, iters: int, ranks: Ranks | None) -> Targets:
-    """Each view's Sinkhorn-Knopp assignments from the fused kernels: constants, no gradient."""
-    return tuple(fused_sinkhorn_knopp(z.detach(), eps, iters, ranks) for z in (z1, z2))
+def _sinkhorn_targets(z1: torch.Tensor, z2: torch.Tensor, eps: float, iters: int, ranks: Ranks | None,
+                      queue: Queued) -> Targets:
+    """Each view's Sinkhorn-Knopp assignments from the fused kernels: constants, no gradient. With a
+    queue, each view is balanced together with its queued rows and keeps its own rows' targets."""
+    if queue is None:
+        return tuple(fused_sinkhorn_knopp(z.detach(), eps, iters, ranks) for z in (z1, z2))
+    return tuple(fused_sinkhorn_knopp(torch.cat([queued.to(z.dtype), z.detach()]), eps, iters, ranks)[len(queued):]
+                 for z, queued in zip((z1, z2), queue))
 
 
 # Each mode's inv targets on the fused path (reference.assignment_targets is the formula they match).
@@ -40,14 +47,16 @@ ASSIGNMENTS = reference.ASSIGNMENTS
 
 def fused_gedi_terms(
     z1: torch.Tensor, z2: torch.Tensor, zn: torch.Tensor | None, temperature: float, weights: dict[str, float],
-    assignment: str, sinkhorn_eps: float, sinkhorn_iters: int, ranks: Ranks | None = None,
+    assignment: str, sinkhorn_eps: float, sinkhorn_iters: int, ranks: Ranks | None = None, queue: Queued = None,
+    form: str = "symmetric",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The Triton path: the weighted loss and the terms, both from the kernels' one terms vector."""
     from gedi_fast.kernels import gedi_terms
 
-    targets = ASSIGNMENT_TARGETS[assignment](z1, z2, sinkhorn_eps, sinkhorn_iters, ranks)
+    targets = ASSIGNMENT_TARGETS[assignment](z1, z2, sinkhorn_eps, sinkhorn_iters, ranks, queue)
+    queued_columns, queued_rows = (None, 0) if queue is None else reference.queue_columns(queue, temperature, form)
     vector = gedi_terms.gedi_terms(z1, z2, zn, targets, temperature, [weights[name] for name in reference.TERM_NAMES],
-                                   ranks)
+                                   ranks, form, queued_columns, queued_rows)
     values = dict(zip(reference.TERM_VECTOR, vector.unbind()))
     terms = {name: values[name] for name in reference.TERM_NAMES}
     terms.update({name: values[name].detach() for name in reference.DIAGNOSTIC_NAMES})
@@ -57,15 +66,17 @@ def fused_gedi_terms(
 def gedi_loss(
     z1: torch.Tensor, z2: torch.Tensor, zn: torch.Tensor | None, temperature: float, weights: dict[str, float],
     assignment: str, sinkhorn_eps: float, sinkhorn_iters: int, backend: str, ranks: Ranks | None = None,
-    queue: tuple[torch.Tensor, torch.Tensor] | None = None,
+    queue: Queued = None, form: str = "symmetric",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(weighted loss, terms and diagnostics) on the backend's face; arguments are checked by GEDILoss.
 
     `weights` maps each of reference.TERM_NAMES to its weight; `ranks` (gedi_fast.distributed) makes
-    the terms those of all ranks' rows. Queued rows (`queue`, gedi_fast.queue) are taken by the
-    reference only: the fused kernels have no input for them yet, so a queue selects the reference.
+    the terms those of all ranks' rows; `queue` (gedi_fast.queue) adds past rows to the prior's columns
+    and the Sinkhorn targets; `form` is reference.FORMS' choice of how inv and the prior read the views.
     """
-    if queue is None and use_triton(backend, z1):
-        return fused_gedi_terms(z1, z2, zn, temperature, weights, assignment, sinkhorn_eps, sinkhorn_iters, ranks)
-    terms = reference.gedi_terms(z1, z2, zn, temperature, assignment, sinkhorn_eps, sinkhorn_iters, ranks, queue)
+    if use_triton(backend, z1):
+        return fused_gedi_terms(z1, z2, zn, temperature, weights, assignment, sinkhorn_eps, sinkhorn_iters, ranks,
+                                queue, form)
+    terms = reference.gedi_terms(z1, z2, zn, temperature, assignment, sinkhorn_eps, sinkhorn_iters, ranks, queue,
+                                 form)
     return reference.weighted_loss(terms, weights), terms

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gedi_fast.ops import ASSIGNMENTS
+from gedi_fast.reference import FORMS
 from gedi_fast.sampler import SGLDConfig
 from gedi_fast.train.augment import AUGMENTATIONS
 from gedi_fast.train.models import POOLS
@@ -91,6 +92,7 @@ class TrainConfig:
     sinkhorn_eps: float = 0.05  # GEDILoss's Sinkhorn-Knopp settings (assignment "sinkhorn")
     sinkhorn_iters: int = 3
     queue_size: int = 0  # past logits per view in the Sinkhorn targets and the prior (GEDILoss queue_size)
+    form: str = "symmetric"  # how inv and the prior read the views: "symmetric" or the GEDI "author"'s (GEDILoss form)
     augmentation: str | None = None  # a name of gedi_fast.train.augment.AUGMENTATIONS
     view_noise: float | None = None
     sgld: dict = field(default_factory=lambda: dict(DEFAULT_SGLD))  # SGLDConfig fields over the dataset's
@@ -129,6 +131,7 @@ class TrainConfig:
         for name in ("gen_weight", "inv_weight", "prior_weight"):
             require_real(getattr(self, name), name)
         require_choice(self.assignment, "assignment", ASSIGNMENTS)
+        require_choice(self.form, "form", FORMS)
         require_choice(self.precision, "precision", PRECISIONS)
         require_choice(self.memory_format, "memory_format", MEMORY_FORMATS)
         require_real(self.max_energy, "max_energy", positive=True)

@@ -91,7 +91,7 @@ class GEDITrainer:
         self.loss_fn = GEDILoss(config.temperature, config.gen_weight, config.inv_weight, config.prior_weight,
                                 config.assignment, sinkhorn_eps=config.sinkhorn_eps,
                                 sinkhorn_iters=config.sinkhorn_iters, energy_reg=config.energy_reg,
-                                queue_size=config.queue_size)
+                                queue_size=config.queue_size, form=config.form)
         self.train_x = self.dataset.train_x.to(self.device)
         self.augmentation = config.augmentation or self.dataset.augmentation
         self.view_noise = self.dataset.view_noise if config.view_noise is None else config.view_noise

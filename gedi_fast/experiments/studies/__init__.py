@@ -19,7 +19,7 @@ import statistics
 
 from gedi_fast.experiments.report import mean_std_cell
 from gedi_fast.experiments.runner import Results
-from gedi_fast.experiments.studies import clusters, collapse, precision, queue, sgld
+from gedi_fast.experiments.studies import clusters, collapse, forms, precision, queue, sgld
 from gedi_fast.experiments.studies.study import Column, Study
 
 __all__ = ["STUDIES", "Column", "Results", "Study", "load_results", "markdown_table", "save_results"]
@@ -30,6 +30,7 @@ STUDIES: dict[str, Study] = {
     "clusters": clusters.STUDY,
     "precision": precision.STUDY,
     "sgld": sgld.STUDY,
+    "forms": forms.STUDY,
 }
 
 
