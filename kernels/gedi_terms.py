@@ -52,7 +52,7 @@ _ENERGY_REG_SLOT = tl.constexpr(reference.TERM_VECTOR.index("energy_reg"))
 _ENERGY_DATA_SLOT = tl.constexpr(reference.TERM_VECTOR.index("energy_data"))
 _ENERGY_NEG_SLOT = tl.constexpr(reference.TERM_VECTOR.index("energy_neg"))
 _CLUSTER_ENTROPY_SLOT = tl.constexpr(reference.TERM_VECTOR.index("cluster_entropy"))
-SIZE_ARGS = ["B", "M", "K", "n_parts", "n_view_programs", "rows_per_program"]
+SIZE_ARGS = ["B", "M", "K", "n_parts", "n_view_programs", "rows_per_program", "author"]
 
 
 # --- device helpers -----------------------------------------------------------------------------
@@ -123,9 +123,9 @@ def _weighted(weight, term):
 
 
 @triton.jit
-def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS: tl.constexpr, AUTHOR: tl.constexpr):
+def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, view2_columns, CONSTANT_TARGETS: tl.constexpr):
     """A tile's contribution to cross1 = sum t2 log q1, cross2 = sum t1 log q2, and its column summaries
-    (over both views; view 1 alone in the author's form)."""
+    (over both views; view 1 alone where view2_columns is false, the author's form)."""
     lq1 = s1 - lse1[:, None]
     lq2 = s2 - lse2[:, None]
     if not CONSTANT_TARGETS:
@@ -135,15 +135,12 @@ def _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok, CONSTANT_TARGETS: tl
     cross1 = tl.sum(tl.where(valid, w2 * tl.where(w2 > 0, lq1, 0.0), 0.0), 1)  # 0 log 0 = 0: a -inf cluster
     cross2 = tl.sum(tl.where(valid, w1 * tl.where(w1 > 0, lq2, 0.0), 0.0), 1)
     lq1 = tl.where(valid, lq1, float("-inf"))
-    if AUTHOR:
-        col_max = tl.max(lq1, 0)
-        safe = tl.where(col_max == float("-inf"), 0.0, col_max)
-        col_sum = tl.sum(tl.exp(lq1 - safe[None, :]), 0)
-    else:
-        lq2 = tl.where(valid, lq2, float("-inf"))
-        col_max = tl.maximum(tl.max(lq1, 0), tl.max(lq2, 0))
-        safe = tl.where(col_max == float("-inf"), 0.0, col_max)
-        col_sum = tl.sum(tl.exp(lq1 - safe[None, :]), 0) + tl.sum(tl.exp(lq2 - safe[None, :]), 0)
+    # A runtime switch, not a compile-time one: both forms share the forward's builds (a compile-time
+    # branch gave ptxas a schedule that spilled 8-16 B at the one-row tiles).
+    lq2 = tl.where(valid & view2_columns, lq2, float("-inf"))
+    col_max = tl.maximum(tl.max(lq1, 0), tl.max(lq2, 0))
+    safe = tl.where(col_max == float("-inf"), 0.0, col_max)
+    col_sum = tl.sum(tl.exp(lq1 - safe[None, :]), 0) + tl.sum(tl.exp(lq2 - safe[None, :]), 0)
     return cross1, cross2, col_max, col_sum
 
 
@@ -175,11 +172,11 @@ def _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K):
 @triton.jit(do_not_specialize=SIZE_ARGS)
 def _fwd_rows_kernel(
     z1, z2, zn, t1, t2, stats, lse_n, part_max, part_sum,
-    B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program,
+    B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program, author,
     CONSTANT_TARGETS: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
-    AUTHOR: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    view2_columns = author == 0
     r = tl.arange(0, BLOCK_B)
     c = tl.arange(0, BLOCK_K)
     if pid < n_view_programs:
@@ -197,7 +194,7 @@ def _fwd_rows_kernel(
                 lse1 = _row_lse(s1)
                 lse2 = _row_lse(s2)
                 cross1, cross2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok,
-                                                                     CONSTANT_TARGETS, AUTHOR)
+                                                                     view2_columns, CONSTANT_TARGETS)
                 acc_max, acc_sum = _merge_max_sum(acc_max, acc_sum, col_max, col_sum)
                 _store_stats(stats, rows, row_ok, lse1, lse2, cross1, cross2)
             tl.store(part_max + pid.to(tl.int64) * K + c, acc_max, mask=col_ok)
@@ -223,7 +220,7 @@ def _fwd_rows_kernel(
                 s1, s2, w1, w2 = _load_view_tiles(z1 + start, z2 + start, t1 + start, t2 + start, safe_rows, c, col_ok,
                                                   stride_z, stride_t, inv_tau, CONSTANT_TARGETS)
                 d1, d2, col_max, col_sum = _views_tile(s1, s2, lse1, lse2, w1, w2, row_ok, col_ok,
-                                                                     CONSTANT_TARGETS, AUTHOR)
+                                                                     view2_columns, CONSTANT_TARGETS)
                 cross1 += d1
                 cross2 += d2
                 tl.store(part_max + pid.to(tl.int64) * K + start + c, col_max, mask=col_ok)
@@ -574,9 +571,9 @@ def _forward(
         wrap(_fwd_rows_kernel)[(plan.view_programs + plan.sample_programs,)](
             z1, z2, zn, t1, t2, stats, lse_n, part_max, part_sum,
             batch, samples, clusters, z1.stride(0), zn.stride(0), t1.stride(0), 1.0 / temperature,
-            plan.view_programs, plan.rows_per_program,
+            plan.view_programs, plan.rows_per_program, int(author),
             CONSTANT_TARGETS=constant_targets, SINGLE_CHUNK=plan.single_chunk,
-            BLOCK_B=plan.block_b, BLOCK_K=plan.block_k, AUTHOR=author,
+            BLOCK_B=plan.block_b, BLOCK_K=plan.block_k,
             num_warps=plan.num_warps,
         )
         if not combine_here:
