@@ -56,6 +56,29 @@ def test_gedi_terms_low_precision(dtype, clusters):
     check_against_reference(z1, z2, zn, "softmax", 0.5, rtol=1e-2 if dtype == torch.bfloat16 else 2e-3)
 
 
+@pytest.mark.parametrize("form", reference.FORMS)
+@pytest.mark.parametrize("queued", [0, 300])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,clusters", [(1, 3), (64, 1000), (257, 5000)])
+def test_both_forms_and_a_queue_on_the_gpu(form, queued, assignment, dtype, batch, clusters):
+    """Both forms with and without a queue (the queued rows on the fused path), three calls each so the
+    queue fills and wraps, against the float64 reference on the same rows and queue."""
+    gen = torch.Generator(device="cuda").manual_seed(batch + clusters + queued)
+    kw = dict(temperature=0.5, assignment=assignment, sinkhorn_eps=0.5, form=form, queue_size=queued, **WEIGHTS)
+    fused, oracle = GEDILoss(backend="triton", **kw), GEDILoss(backend="torch", **kw)
+    rtol = 5e-5 if dtype == torch.float32 else 1e-2
+    for _ in range(3):
+        z1, z2, zn = (torch.randn(n, clusters, device="cuda", generator=gen).to(dtype) * 3 for n in (batch, batch, 5))
+        loss, terms, grads = run(fused, z1, z2, zn)
+        ref_loss, ref_terms, ref_grads = run(oracle, z1.double(), z2.double(), zn.double())
+        assert abs(loss.item() - ref_loss.item()) <= rtol * (abs(ref_loss.item()) + 1)
+        for name, value in ref_terms.items():
+            torch.testing.assert_close(terms[name].double(), value, rtol=rtol, atol=rtol, equal_nan=True)
+        for got, want in zip(grads, ref_grads):
+            assert max_rel_error(got, want) <= rtol
+
+
 @pytest.mark.parametrize("batch,clusters", [(4096, 3000), (32768, 1000), (4096, 65536)])
 def test_gedi_terms_large_shapes(batch, clusters):
     gen = torch.Generator(device="cuda").manual_seed(1)
