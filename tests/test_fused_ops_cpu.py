@@ -18,28 +18,40 @@ def inputs(gen, batch=5, clusters=4, samples=3):
     return z1, z2, zn
 
 
+def queue_arguments(gen, form, queued, clusters=4):
+    """The op's (queued_columns, queued_rows) for a queue of 6 rows per view, or (None, 0)."""
+    if not queued:
+        return None, 0
+    queue = tuple(torch.randn(6, clusters, generator=gen) * 2 for _ in range(2))
+    return reference.queue_columns(queue, 0.5, form)
+
+
 @pytest.mark.parametrize("with_samples", [True, False])
 @pytest.mark.parametrize("sinkhorn", [False, True])
-def test_opcheck_forward_and_backward(gen, with_samples, sinkhorn):
+@pytest.mark.parametrize("form", reference.FORMS)
+@pytest.mark.parametrize("queued", [False, True])
+def test_opcheck_forward_and_backward(gen, with_samples, sinkhorn, form, queued):
     z1, z2, zn = inputs(gen)
     zn = zn if with_samples else None
     targets = tuple(reference.sinkhorn_knopp(z, 0.5, 3) for z in (z1, z2)) if sinkhorn else (None, None)
-    args = (z1, z2, zn, *targets, 0.5, WEIGHTS)
+    options = (form, *queue_arguments(gen, form, queued))
+    args = (z1, z2, zn, *targets, 0.5, WEIGHTS, *options)
     # Without samples energy_neg is NaN, which the AOT check's output comparison counts as a mismatch.
     checks = ALL_CHECKS if with_samples else ALL_CHECKS[:-1]
     torch.library.opcheck(torch.ops.gedi_fast.gedi_terms_fwd.default, args, test_utils=checks)
     _, stats, lse_n, columns = torch.ops.gedi_fast.gedi_terms_fwd(*args)
     grad = torch.rand(len(reference.TERM_VECTOR), generator=gen)
-    bwd_args = (grad, z1, z2, zn, *targets, stats, lse_n, columns, 0.5, WEIGHTS)
+    bwd_args = (grad, z1, z2, zn, *targets, stats, lse_n, columns, 0.5, WEIGHTS, *options)
     torch.library.opcheck(torch.ops.gedi_fast.gedi_terms_bwd.default, bwd_args)
 
 
-def test_op_autograd_on_cpu_equals_reference_autograd(gen):
+@pytest.mark.parametrize("form", reference.FORMS)
+def test_op_autograd_on_cpu_equals_reference_autograd(gen, form):
     z1, z2, zn = (t.requires_grad_(True) for t in inputs(gen))
-    vector = torch.ops.gedi_fast.gedi_terms_fwd(z1, z2, zn, None, None, 0.5, WEIGHTS)[0]
+    vector = torch.ops.gedi_fast.gedi_terms_fwd(z1, z2, zn, None, None, 0.5, WEIGHTS, form, None, 0)[0]
     grad = torch.rand(len(reference.TERM_VECTOR), generator=gen)
     got = torch.autograd.grad(vector, (z1, z2, zn), grad)
-    terms = reference.gedi_terms(z1, z2, zn, 0.5)
+    terms = reference.gedi_terms(z1, z2, zn, 0.5, form=form)
     terms["loss"] = reference.weighted_loss(terms, dict(zip(reference.TERM_NAMES, WEIGHTS)))
     want_vector = torch.stack([terms[name] for name in reference.TERM_VECTOR])
     want = torch.autograd.grad(want_vector[:5], (z1, z2, zn), grad[:5])
