@@ -28,7 +28,7 @@ def _clusters(runs: list[dict]) -> int:
 
 def cluster_figures(study: Study, results: Results, runs: pathlib.Path, stem: pathlib.Path) -> list[pathlib.Path]:
     """NMI and the share of clusters used against K: true clusters (blobs), over-clustering (digits)."""
-    from gedi_fast.experiments.studies.figures import plt, save, seed_mean_std
+    from gedi_fast.experiments.studies.figures import log_x, plt, save, seed_mean_std
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     panels = {"blobs: K = true clusters": [g for g in study.groups if g.startswith("blobs")],
@@ -47,11 +47,7 @@ def cluster_figures(study: Study, results: Results, runs: pathlib.Path, stem: pa
         ax.set_ylabel("test NMI")
         ax.legend(fontsize=8)
     for ax, groups in zip(axes, [*panels.values(), study.groups]):
-        ax.set_xscale("log")
-        ticks = sorted({_clusters(results[(m, g)]) for (m, g) in results if g in groups})
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("K")
+        log_x(ax, sorted({_clusters(results[(m, g)]) for (m, g) in results if g in groups}), "K")
     axes[2].set_ylabel("clusters holding a test point / K")
     axes[2].set_title("cluster usage")
     axes[2].legend(fontsize=7)

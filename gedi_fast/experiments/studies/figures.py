@@ -22,3 +22,11 @@ def seed_mean_std(runs: list[dict], key: str) -> tuple[float, float]:
 def save(fig, stem: pathlib.Path, what: str) -> pathlib.Path:
     """`fig` as STEM_WHAT.png."""
     return save_figure(fig, stem.with_name(f"{stem.name}_{what}.png"))
+
+
+def log_x(ax, ticks: list, xlabel: str, base: int = 10, labels: list | None = None) -> None:
+    """A log x axis marked only at `ticks` (named by `labels`, else by the ticks themselves)."""
+    ax.set_xscale("log", base=base)
+    ax.set_xticks(ticks, [str(t) for t in (ticks if labels is None else labels)])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)

@@ -53,7 +53,7 @@ def cheapest_within_best(study: Study, results: Results, tolerance: float = 0.01
 def sgld_figures(study: Study, results: Results, runs: pathlib.Path, stem: pathlib.Path) -> list[pathlib.Path]:
     """NMI, step time and OOD AUROC against the SGLD chain length (64 samples), NMI against samples
     per step (20 steps); chains restarted from noise and the run without gen as markers and lines."""
-    from gedi_fast.experiments.studies.figures import plt, save, seed_mean_std
+    from gedi_fast.experiments.studies.figures import log_x, plt, save, seed_mean_std
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     settings = {case.method: case.settings for case in study.cases if case.group == study.groups[0]}
@@ -91,15 +91,11 @@ def sgld_figures(study: Study, results: Results, runs: pathlib.Path, stem: pathl
     ticks = sorted(set(length.values()))
     for ax, ylabel, title in ((axes[0], "test NMI", "NMI"), (axes[1], "ms per training step (2 jobs, 1 thread each)",
                                                               "cost"), (axes[2], "AUROC", "OOD (circles as outliers)")):
-        ax.set_xscale("log")
-        ax.set_xticks([t + 1 for t in ticks], [str(t) for t in ticks])
-        ax.set_xlabel("SGLD steps per training step (64 samples)")
+        log_x(ax, [t + 1 for t in ticks], "SGLD steps per training step (64 samples)", labels=ticks)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.legend(fontsize=7)
-    axes[3].set_xscale("log", base=2)
-    axes[3].set_xticks(sorted(set(samples.values())), [str(s) for s in sorted(set(samples.values()))])
-    axes[3].set_xlabel("SGLD samples per training step (20 steps)")
+    log_x(axes[3], sorted(set(samples.values())), "SGLD samples per training step (20 steps)", base=2)
     axes[3].set_ylabel("test NMI")
     axes[3].set_title("NMI against samples")
     axes[3].legend(fontsize=7)
