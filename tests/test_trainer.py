@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import pathlib
+import shutil
 
 import pytest
 import torch
@@ -178,3 +180,19 @@ def test_sinkhorn_settings_reach_the_loss(tmp_path):
     assert (trainer.loss_fn.sinkhorn_eps, trainer.loss_fn.sinkhorn_iters) == (0.1, 5)
     with pytest.raises(ValueError, match="sinkhorn_eps must be > 0"):
         TrainConfig(sinkhorn_eps=0.0)
+
+
+def test_a_checkpoint_written_before_the_train_package_resumes_as_it_did(tmp_path):
+    """tests/data/checkpoint_before_the_move: a 6-step moons run stopped at step 4, written by commit
+    4e619da (the trainer was gedi_fast/trainer.py then), and that code's own resume of it to step 6."""
+    fixture = pathlib.Path(__file__).parent / "data" / "checkpoint_before_the_move"
+    shutil.copy(fixture / "checkpoint.pt", tmp_path / CHECKPOINT_NAME)
+    saved = checkpoint.load(tmp_path / CHECKPOINT_NAME)
+    resumed = GEDITrainer.resume(tmp_path)
+    assert resumed.step == 4 and resumed.config.steps == 6
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, saved["model"][name]), name
+    resumed.train()
+    then = torch.load(fixture / "model_at_step_6.pt")
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, then[name]), name
