@@ -43,13 +43,11 @@ def cluster_figures(study: Study, results: Results, runs: pathlib.Path, stem: pa
             used = np.array([seed_mean_std(runs, "clusters_used")[0] for runs in scored])
             axes[2].plot(k, used / k, marker="o" if blobs else "s", linestyle="-" if blobs else "--", color=f"C{index}",
                          label=f"{title.split(':')[0]}, {method}")
-        ax.set_title(title)
-        ax.set_ylabel("test NMI")
+        ax.set(title=title, ylabel="test NMI")
         ax.legend(fontsize=8)
     for ax, groups in zip(axes, [*panels.values(), study.groups]):
         log_x(ax, sorted({_clusters(results[(m, g)]) for (m, g) in results if g in groups}), "K")
-    axes[2].set_ylabel("clusters holding a test point / K")
-    axes[2].set_title("cluster usage")
+    axes[2].set(title="cluster usage", ylabel="clusters holding a test point / K")
     axes[2].legend(fontsize=7)
     return [save(fig, stem, "k")]
 

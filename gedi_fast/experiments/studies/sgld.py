@@ -92,12 +92,10 @@ def sgld_figures(study: Study, results: Results, runs: pathlib.Path, stem: pathl
     for ax, ylabel, title in ((axes[0], "test NMI", "NMI"), (axes[1], "ms per training step (2 jobs, 1 thread each)",
                                                               "cost"), (axes[2], "AUROC", "OOD (circles as outliers)")):
         log_x(ax, [t + 1 for t in ticks], "SGLD steps per training step (64 samples)", labels=ticks)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set(title=title, ylabel=ylabel)
         ax.legend(fontsize=7)
     log_x(axes[3], sorted(set(samples.values())), "SGLD samples per training step (20 steps)", base=2)
-    axes[3].set_ylabel("test NMI")
-    axes[3].set_title("NMI against samples")
+    axes[3].set(title="NMI against samples", ylabel="test NMI")
     axes[3].legend(fontsize=7)
     return [save(fig, stem, "steps")]
 
