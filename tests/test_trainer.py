@@ -155,6 +155,7 @@ def test_a_checkpoint_with_an_old_flat_config_resumes_with_the_same_chain(tmp_pa
     resumed = GEDITrainer.resume(tmp_path, steps=6)
     assert resumed.config.sgld == dict(steps=2, buffer_size=100, reinit_prob=0.05)
     assert resumed.sampler.config == trainer.sampler.config and resumed.step == 5
+    assert resumed.config.sinkhorn_iters == 3  # what runs saved without the field had; new runs default to 10
     resumed.train()
     assert resumed.step == 6
 

@@ -30,7 +30,7 @@ from gedi_fast.reference import fit_gaussian_start
 from gedi_fast.sampler import SGLDSampler
 from gedi_fast.train import checkpoint, launch, metrics, seeds
 from gedi_fast.train.augment import AUGMENTATIONS
-from gedi_fast.train.config import RESUME_CHANGEABLE, SETTINGS, TrainConfig
+from gedi_fast.train.config import EARLIER_DEFAULTS, RESUME_CHANGEABLE, SETTINGS, TrainConfig
 from gedi_fast.train.data import Dataset, load_dataset
 from gedi_fast.train.models import build_model
 from gedi_fast.train.recovery import Recovery, divergence
@@ -466,7 +466,8 @@ class GEDITrainer:
         """(state, config) of the checkpoint in run folder `out` (the previous checkpoint, with a
         warning, when the newest is missing, truncated or corrupt); CheckpointError for a file that
         is not a gedi_fast training checkpoint. Configs saved before TrainConfig nested its SGLD
-        settings (flat sgld_steps, buffer_size, ...) load as TrainConfig.from_settings reads them."""
+        settings (flat sgld_steps, buffer_size, ...) load as TrainConfig.from_settings reads them, and
+        fields they lack whose default changed since take the value those runs had (EARLIER_DEFAULTS)."""
         path = pathlib.Path(out) / CHECKPOINT_NAME
         state = checkpoint.require_keys(checkpoint.load_latest(path), STATE_KEYS, path)
         known = {*SETTINGS, "sgld"}
@@ -474,7 +475,7 @@ class GEDITrainer:
         if not isinstance(saved, dict) or not set(saved) <= known:
             unknown = sorted(set(saved) - known) if isinstance(saved, dict) else type(saved).__name__
             raise checkpoint.CheckpointError(f"{path} is not a gedi_fast training checkpoint: its config has {unknown}")
-        return state, TrainConfig.from_settings(**saved)
+        return state, TrainConfig.from_settings(**EARLIER_DEFAULTS | saved)
 
     @classmethod
     def resume(cls, out: str | pathlib.Path, dataset: Dataset | None = None,
