@@ -246,7 +246,9 @@ def test_benchmark_run_prints_per_call_summary_and_report_command(tmp_path):
     """The advertised command on one quick case: its summary, its JSON (stats per call) and the printed command."""
     bench_json = tmp_path / "run.json"
     # No torch.compile: quick mode skips it at this size anyway, and its smoke test alone takes seconds.
-    env = {**os.environ, "GEDI_BENCH_QUICK": "1", "GEDI_BENCH_THREADS": "1", "GEDI_BENCH_COMPILE": "0"}
+    # Without the xdist worker's variables: pytest-benchmark switches itself off inside an xdist worker.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env = {**inherited, "GEDI_BENCH_QUICK": "1", "GEDI_BENCH_THREADS": "1", "GEDI_BENCH_COMPILE": "0"}
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks/test_bench_buffer_draw.py", "--benchmark-only", "-q",
          "-p", "no:cacheprovider", "-k", "10000x2-B256", f"--benchmark-json={bench_json}"],
