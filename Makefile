@@ -26,12 +26,12 @@ install:
 
 # The linter (ruff, configured in pyproject.toml), the CPU suite, then the Triton interpreter lane (the tests marked `interpreter`) in its own process:
 # TRITON_INTERPRET=1 must be set before triton's import. Each lane runs one pytest-xdist worker per core, a file's
-# tests on one worker; the slowest tests are listed at the end. PARALLEL= runs them in one process.
-PARALLEL ?= -n auto --dist loadfile --durations=15
+# tests on one worker (PARALLEL= runs them in one process), and lists its 15 slowest tests at the end.
+PARALLEL ?= -n auto --dist loadfile
 test: install
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest tests $(PARALLEL)
-	TRITON_INTERPRET=1 $(PYTHON) -m pytest tests -p no:cacheprovider $(PARALLEL)
+	$(PYTHON) -m pytest tests --durations=15 $(PARALLEL)
+	TRITON_INTERPRET=1 $(PYTHON) -m pytest tests -p no:cacheprovider --durations=15 $(PARALLEL)
 
 # The suites on the device at hand (quick mode without CUDA: GEDI_BENCH_QUICK), then the report:
 # $(BENCH_OUT)/bench.json, bench.md (tables), bench.png (speedup against size per op).
