@@ -109,6 +109,14 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_benchmark_generate_json(config, benchmarks, include_data, machine_info, commit_info):
+    """A run stopped inside a case (SIGINT at a time limit) leaves that case without a timed round, on
+    which pytest-benchmark's JSON writer fails: leave it out, so the finished cases are written."""
+    benchmarks[:] = [bench for bench in benchmarks if bench.stats.data]
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_benchmark_group_stats(config: pytest.Config, benchmarks, group_by):
     """Keep the groups of pytest-benchmark's table (per-call stats) for the summary."""
     groups = yield

@@ -157,6 +157,23 @@ def test_per_call_divides_every_round_by_its_calls(calls):
     assert row["rounds"] == 4 and row["data"] == pytest.approx([us * 1e-6 for us in per_call_us])
 
 
+def test_json_leaves_out_a_case_stopped_before_its_first_round():
+    # .ci/gpu-check stops a suite with SIGINT at its time limit: the cases it finished must reach the JSON.
+    from benchmarks import conftest as bench_conftest
+
+    fixture = SimpleNamespace(name="test_x", fullname="test_x", group="g", param=None, params=None, extra_info={},
+                              cprofile_stats=None)
+    finished, stopped = Metadata(fixture, iterations=1, options={}), Metadata(fixture, iterations=1, options={})
+    finished.update(1e-3)
+    with pytest.raises(ValueError):  # what pytest-benchmark's writer meets in a stopped case
+        stopped.as_dict()
+    benchmarks = [finished, stopped]
+    wrapper = bench_conftest.pytest_benchmark_generate_json(None, benchmarks, False, {}, {})
+    next(wrapper)
+    assert benchmarks == [finished]
+    assert finished.as_dict()["stats"]["median"] == pytest.approx(1e-3)
+
+
 def test_summary_table_compares_rows_per_call_whatever_their_calls_per_round():
     # A round of 57 draws took 2.6 ms, a round of one eager draw 2.6 ms: per call the draw is 57x faster.
     rows = [
