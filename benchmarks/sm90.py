@@ -54,6 +54,8 @@ RESOURCE_LINE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 PTXAS_FUNCTION = re.compile(r"Compiling entry function '(\w+)' for 'sm_90a?'")
 PTXAS_USAGE = re.compile(r"Used (\d+) registers")
 PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+# PTX arithmetic on fp64 operands (conversions, cvt.*, are not counted): a kernel meant to compute in fp32 has none.
+PTX_FP64_ARITHMETIC = re.compile(r"^\s*(?:add|sub|mul|fma|div|max|min|neg|abs|sqrt|rcp|setp)(?:\.\w+)*\.f64\b", re.M)
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ class Resources:
     spill_bytes: int  # spill stores + spill loads, per thread (ptxas)
     shared_bytes: int
     num_warps: int
+    fp64_ops: int = 0  # fp64 arithmetic instructions in the PTX
 
     @property
     def spills(self) -> bool:
@@ -248,7 +251,8 @@ def build(spec: Specialisation) -> Resources:
         cubin.write_bytes(compiled.asm["cubin"])
         usage = subprocess.run([_cuobjdump(), "-res-usage", str(cubin)], capture_output=True, text=True, check=True)
     static_shared = int(RESOURCE_LINE.search(usage.stdout).group(3))
-    return Resources(registers, stack, stores + loads, static_shared + compiled.metadata.shared, spec.num_warps)
+    fp64_ops = len(PTX_FP64_ARITHMETIC.findall(compiled.asm["ptx"]))
+    return Resources(registers, stack, stores + loads, static_shared + compiled.metadata.shared, spec.num_warps, fp64_ops)
 
 
 def inductor_source(kernel: triton.JITFunction) -> str:

@@ -117,6 +117,12 @@ def _merge_max_sum(m_a, s_a, m_b, s_b):
 
 
 @triton.jit
+def _weights_fp32(w_gen, w_inv, w_prior, w_ereg):
+    """The term weights in fp32: under torch.compile on a GPU, Inductor passes Python floats as fp64."""
+    return w_gen.to(tl.float32), w_inv.to(tl.float32), w_prior.to(tl.float32), w_ereg.to(tl.float32)
+
+
+@triton.jit
 def _weighted(weight, term):
     """weight * term, and 0 for weight 0 even when the term overflowed (as reference.weighted_loss)."""
     return tl.where(weight != 0, weight * term, 0.0)
@@ -175,6 +181,7 @@ def _fwd_rows_kernel(
     B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program, author,
     CONSTANT_TARGETS: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    inv_tau = inv_tau.to(tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
     pid = tl.program_id(0)
     view2_columns = author == 0
     r = tl.arange(0, BLOCK_B)
@@ -252,6 +259,8 @@ def _finalize_kernel(
     stats, lse_n, part_max, part_sum, columns, terms, B, M, K, n_parts, log_rows,
     w_gen, w_inv, w_prior, w_ereg, COMBINE: tl.constexpr, BLOCK: tl.constexpr, AUTHOR: tl.constexpr,
 ):
+    log_rows = log_rows.to(tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
+    w_gen, w_inv, w_prior, w_ereg = _weights_fp32(w_gen, w_inv, w_prior, w_ereg)
     i = tl.arange(0, BLOCK)
     lse_sum = tl.zeros([BLOCK], tl.float32)
     lse_sq = tl.zeros([BLOCK], tl.float32)
@@ -382,6 +391,8 @@ def _bwd_rows_kernel(
     CONSTANT_TARGETS: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
     GLOBAL_COUNTS: tl.constexpr, AUTHOR: tl.constexpr,
 ):
+    inv_tau, log_share = inv_tau.to(tl.float32), log_share.to(tl.float32)  # fp64 under Inductor, as above
+    w_gen, w_inv, w_prior, w_ereg = _weights_fp32(w_gen, w_inv, w_prior, w_ereg)
     pid = tl.program_id(0)
     r = tl.arange(0, BLOCK_B)
     c = tl.arange(0, BLOCK_K)

@@ -12,6 +12,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import torch
 from pytest_benchmark.stats import Metadata
 
 from benchmarks import harness
@@ -296,3 +297,14 @@ def test_benchmark_run_prints_per_call_summary_and_report_command(tmp_path):
                for line in summary[pointer + 1:]), summary[pointer + 1:]
     assert report.main(command.split()[3:]) == 0  # the printed arguments, in this process
     assert "### Replay-buffer draw (5% re-init)" in (tmp_path / "run.md").read_text()
+
+
+def test_profile_ops_prints_wall_and_kernel_time_per_case(capsys):
+    from benchmarks import profile_ops
+
+    profile_ops.main(["--ops", "sinkhorn", "--impls", "eager", "ours", "--sizes", "256x10", "--calls", "2"])
+    out = capsys.readouterr().out
+    assert "**sinkhorn 256x10, eager**:" in out and "us per call; kernels" in out
+    assert "| kernel | us per call | launches per call |" in out
+    if not torch.cuda.is_available():
+        assert "sinkhorn 256x10 ours: not run (the fused Triton kernels need CUDA" in out

@@ -1,4 +1,5 @@
-"""The Triton ops' registration on CPU: the reference is their CPU kernel; opcheck and autograd agree."""
+"""The Triton ops' registration: opcheck on CPU (the reference is their CPU kernel) and on CUDA (their Triton
+kernels, the GPU lane); autograd through the CPU op agrees with the reference's."""
 from __future__ import annotations
 
 import pytest
@@ -26,21 +27,23 @@ def queue_arguments(gen, form, queued, clusters=4):
     return reference.queue_columns(queue, 0.5, form)
 
 
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("with_samples", [True, False])
 @pytest.mark.parametrize("sinkhorn", [False, True])
 @pytest.mark.parametrize("form", reference.FORMS)
 @pytest.mark.parametrize("queued", [False, True])
-def test_opcheck_forward_and_backward(gen, with_samples, sinkhorn, form, queued):
-    z1, z2, zn = inputs(gen)
+def test_opcheck_forward_and_backward(gen, device, with_samples, sinkhorn, form, queued):
+    z1, z2, zn = (t.to(device) for t in inputs(gen))
     zn = zn if with_samples else None
     targets = tuple(reference.sinkhorn_knopp(z, 0.5, 3) for z in (z1, z2)) if sinkhorn else (None, None)
-    options = (form, *queue_arguments(gen, form, queued))
+    queued_columns, queued_rows = queue_arguments(gen, form, queued)
+    options = (form, None if queued_columns is None else queued_columns.to(device), queued_rows)
     args = (z1, z2, zn, *targets, 0.5, WEIGHTS, *options)
     # Without samples energy_neg is NaN, which the AOT check's output comparison counts as a mismatch.
     checks = ALL_CHECKS if with_samples else ALL_CHECKS[:-1]
     torch.library.opcheck(torch.ops.gedi_fast.gedi_terms_fwd.default, args, test_utils=checks)
     _, stats, lse_n, columns = torch.ops.gedi_fast.gedi_terms_fwd(*args)
-    grad = torch.rand(len(reference.TERM_VECTOR), generator=gen)
+    grad = torch.rand(len(reference.TERM_VECTOR), generator=gen).to(device)
     bwd_args = (grad, z1, z2, zn, *targets, stats, lse_n, columns, 0.5, WEIGHTS, *options)
     torch.library.opcheck(torch.ops.gedi_fast.gedi_terms_bwd.default, bwd_args)
 
