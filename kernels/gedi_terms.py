@@ -119,7 +119,8 @@ def _merge_max_sum(m_a, s_a, m_b, s_b):
 @triton.jit
 def _weights_fp32(w_gen, w_inv, w_prior, w_ereg):
     """The term weights in fp32: under torch.compile on a GPU, Inductor passes Python floats as fp64."""
-    return w_gen.to(tl.float32), w_inv.to(tl.float32), w_prior.to(tl.float32), w_ereg.to(tl.float32)
+    f32 = tl.float32
+    return tl.cast(w_gen, f32), tl.cast(w_inv, f32), tl.cast(w_prior, f32), tl.cast(w_ereg, f32)
 
 
 @triton.jit
@@ -181,7 +182,7 @@ def _fwd_rows_kernel(
     B, M, K, stride_z, stride_n, stride_t, inv_tau, n_view_programs, rows_per_program, author,
     CONSTANT_TARGETS: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    inv_tau = inv_tau.to(tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
+    inv_tau = tl.cast(inv_tau, tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
     pid = tl.program_id(0)
     view2_columns = author == 0
     r = tl.arange(0, BLOCK_B)
@@ -259,7 +260,7 @@ def _finalize_kernel(
     stats, lse_n, part_max, part_sum, columns, terms, B, M, K, n_parts, log_rows,
     w_gen, w_inv, w_prior, w_ereg, COMBINE: tl.constexpr, BLOCK: tl.constexpr, AUTHOR: tl.constexpr,
 ):
-    log_rows = log_rows.to(tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
+    log_rows = tl.cast(log_rows, tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
     w_gen, w_inv, w_prior, w_ereg = _weights_fp32(w_gen, w_inv, w_prior, w_ereg)
     i = tl.arange(0, BLOCK)
     lse_sum = tl.zeros([BLOCK], tl.float32)
@@ -391,7 +392,8 @@ def _bwd_rows_kernel(
     CONSTANT_TARGETS: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
     GLOBAL_COUNTS: tl.constexpr, AUTHOR: tl.constexpr,
 ):
-    inv_tau, log_share = inv_tau.to(tl.float32), log_share.to(tl.float32)  # fp64 under Inductor, as above
+    inv_tau = tl.cast(inv_tau, tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
+    log_share = tl.cast(log_share, tl.float32)
     w_gen, w_inv, w_prior, w_ereg = _weights_fp32(w_gen, w_inv, w_prior, w_ereg)
     pid = tl.program_id(0)
     r = tl.arange(0, BLOCK_B)

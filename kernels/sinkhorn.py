@@ -176,7 +176,7 @@ def _softmax_rows(s_ptr, r_ptr, out_ptr, row_lo, row_hi, n_cols, stride, inv_eps
 def _single_launch_kernel(s_ptr, r_ptr, out_ptr, n_rows, n_cols, stride, inv_eps, iters,
                           BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
     """The whole algorithm in one program (grid of 1): the K-vectors live in registers."""
-    inv_eps = inv_eps.to(tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
+    inv_eps = tl.cast(inv_eps, tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
     zero = tl.zeros([BLOCK_K], tl.float32)
     c, l = _col_stats(s_ptr, r_ptr, 0, n_rows, n_cols, stride, inv_eps, zero, zero, _COLUMN, BLOCK_B, BLOCK_K)
     c = _finite_or_zero(c)
@@ -206,7 +206,7 @@ def _row_pass_kernel(s_ptr, c_ptr, r_ptr, m_ptr, l_ptr, part_m_ptr, part_l_ptr, 
     registers. Chunked (GROUP_ROWS == BLOCK_B): an online row logsumexp over column chunks gives a,
     then a second sweep over the chunks writes partials or outputs.
     """
-    inv_eps = inv_eps.to(tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
+    inv_eps = tl.cast(inv_eps, tl.float32)  # Inductor passes Python floats as fp64 (torch.compile on a GPU)
     pid = tl.program_id(0)
     row_lo = pid * GROUP_ROWS
     row_hi = tl.minimum(row_lo + GROUP_ROWS, n_rows)
