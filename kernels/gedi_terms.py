@@ -28,6 +28,7 @@ import triton.language as tl
 from gedi_fast import reference
 from gedi_fast.distributed import Ranks
 from gedi_fast.kernels.launching import LaunchPlan, direct, on_device, tile_warps
+from gedi_fast.kernels.partials import merge_partials
 
 SINGLE_CHUNK_MAX = 4096  # widest row (columns, padded to a power of 2) one tile holds
 # Per view and tile, rows x columns held in registers at once, and how many of them one thread holds.
@@ -41,6 +42,7 @@ BWD_ELEMENTS_PER_THREAD = 4
 CHUNK_COLUMNS = 256  # column chunk past SINGLE_CHUNK_MAX
 CHUNK_ROWS = 8
 COMBINE_IN_FINALIZE_MAX = 1 << 16  # partial entries the single finalize program merges itself
+COMBINE_COLS, COMBINE_PARTS = 32, 64  # past it, a combine program's columns and the partials it merges per step
 TARGET_PROGRAMS = 264  # enough programs to fill an H200 (132 SMs) twice over
 N_TERMS = len(reference.TERM_VECTOR)
 # Where the kernels write each value of the terms vector (and read its upstream gradient).
@@ -161,16 +163,9 @@ def _store_stats(stats, rows, row_ok, lse1, lse2, cross1, cross2):
 
 
 @triton.jit
-def _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K):
-    """(max_i log q_ik, log sum_i exp(log q_ik - max)) over all rows, merging partials in program order."""
-    m = tl.full(cols.shape, float("-inf"), tl.float32)
-    s = tl.zeros(cols.shape, tl.float32)
-    max_ptrs = part_max + cols
-    sum_ptrs = part_sum + cols
-    for _ in range(0, n_parts):
-        m, s = _merge_max_sum(m, s, tl.load(max_ptrs, mask=col_ok, other=float("-inf")), tl.load(sum_ptrs, mask=col_ok, other=0.0))
-        max_ptrs += K
-        sum_ptrs += K
+def _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K, BLOCK_P: tl.constexpr):
+    """(max_i log q_ik, log sum_i exp(log q_ik - max)) over all rows, from the programs' partials."""
+    m, s = merge_partials(part_max, part_sum, n_parts, K, cols, col_ok, BLOCK_P)
     return m, tl.log(s)
 
 
@@ -247,10 +242,10 @@ def _fwd_rows_kernel(
 
 
 @triton.jit(do_not_specialize=SIZE_ARGS)
-def _combine_kernel(part_max, part_sum, columns, n_parts, K, BLOCK: tl.constexpr):
+def _combine_kernel(part_max, part_sum, columns, n_parts, K, BLOCK: tl.constexpr, BLOCK_P: tl.constexpr):
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     col_ok = cols < K
-    col_max, col_logsum = _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K)
+    col_max, col_logsum = _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K, BLOCK_P)
     tl.store(columns + cols, col_max, mask=col_ok)
     tl.store(columns + K + cols, col_logsum, mask=col_ok)
 
@@ -288,7 +283,7 @@ def _finalize_kernel(
         cols = start + i
         col_ok = cols < K
         if COMBINE:
-            col_max, col_logsum = _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K)
+            col_max, col_logsum = _combine_columns(part_max, part_sum, n_parts, cols, col_ok, K, 4096 // BLOCK)
             tl.store(columns + cols, col_max, mask=col_ok)
             tl.store(columns + K + cols, col_logsum, mask=col_ok)
         else:
@@ -567,7 +562,7 @@ def _forward(
     f32 = dict(device=z1.device, dtype=torch.float32)
     stats = torch.empty(batch, 4, **f32)
     lse_n = torch.empty(samples, **f32)
-    n_parts = plan.view_programs + queued
+    n_parts = plan.view_programs + int(queued)  # a bool added to a SymInt breaks symbolic tracing (torch 2.11)
     part_max = torch.empty(n_parts, clusters, **f32)
     part_sum = torch.empty(n_parts, clusters, **f32)
     if queued:  # a partial of its own: (log column sum, 1)
@@ -590,8 +585,8 @@ def _forward(
             num_warps=plan.num_warps,
         )
         if not combine_here:
-            wrap(_combine_kernel)[(triton.cdiv(clusters, 256),)](
-                part_max, part_sum, columns, n_parts, clusters, BLOCK=256, num_warps=4
+            wrap(_combine_kernel)[(triton.cdiv(clusters, COMBINE_COLS),)](
+                part_max, part_sum, columns, n_parts, clusters, BLOCK=COMBINE_COLS, BLOCK_P=COMBINE_PARTS, num_warps=4
             )
         wrap(_finalize_kernel)[(1,)](
             stats, lse_n, part_max, part_sum, columns, terms, batch, samples, clusters, n_parts,

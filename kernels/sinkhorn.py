@@ -36,6 +36,7 @@ import triton.language as tl
 
 from gedi_fast import reference
 from gedi_fast.kernels.launching import LaunchPlan, direct, on_device, tile_warps
+from gedi_fast.kernels.partials import merge_partials
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -56,7 +57,7 @@ _CHUNK_COLS = 512
 _CHUNK_ROWS = 16
 _TARGET_GROUPS = 256
 _MAX_GROUP_ROWS = 64
-_COMBINE_BLOCK = 1024
+_COMBINE_COLS, _COMBINE_PARTS = 32, 64  # a combine program's columns, and the partials it merges per step
 
 
 @triton.jit
@@ -94,14 +95,6 @@ def _lse_accumulate(m, l, z, AXIS: tl.constexpr):
     shift = _finite_or_zero(m_new)
     l = l * tl.exp2((m - shift) * _LOG2E) + tl.sum(tl.exp2((z - tl.expand_dims(shift, AXIS)) * _LOG2E), AXIS)
     return m_new, l
-
-
-@triton.jit
-def _merge(m1, l1, m2, l2):
-    """Online logsumexp merge of two (max, sum-exp) pairs."""
-    m = tl.maximum(m1, m2)
-    shift = _finite_or_zero(m)
-    return m, l1 * tl.exp2((m1 - shift) * _LOG2E) + l2 * tl.exp2((m2 - shift) * _LOG2E)
 
 
 @triton.jit
@@ -258,18 +251,12 @@ def _row_pass_kernel(s_ptr, c_ptr, r_ptr, m_ptr, l_ptr, part_m_ptr, part_l_ptr, 
 
 
 @triton.jit
-def _combine_kernel(part_m_ptr, part_l_ptr, m_ptr, l_ptr, n_parts, n_cols, BLOCK: tl.constexpr):
-    """Cluster stats (m_k, l_k) from the row passes' partials, merged in row-group order."""
+def _combine_kernel(part_m_ptr, part_l_ptr, m_ptr, l_ptr, n_parts, n_cols, BLOCK: tl.constexpr,
+                    BLOCK_P: tl.constexpr):
+    """Cluster stats (m_k, l_k) from the row passes' partials."""
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
-    m = tl.full([BLOCK], float("-inf"), tl.float32)
-    l = tl.zeros([BLOCK], tl.float32)
-    for _ in range(n_parts):
-        part_m = tl.load(part_m_ptr + cols, mask=mask, other=float("-inf"))
-        part_l = tl.load(part_l_ptr + cols, mask=mask, other=0.0)
-        m, l = _merge(m, l, part_m, part_l)
-        part_m_ptr += n_cols
-        part_l_ptr += n_cols
+    m, l = merge_partials(part_m_ptr, part_l_ptr, n_parts, n_cols, cols, mask, BLOCK_P)
     tl.store(m_ptr + cols, m, mask=mask)
     tl.store(l_ptr + cols, l, mask=mask)
 
@@ -338,8 +325,8 @@ def _launch(scores: torch.Tensor, eps: float, iters: int,
             BLOCK_B=plan.block_b, BLOCK_K=plan.block_k, num_warps=plan.num_warps)
 
     def combine(m: torch.Tensor, l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        wrap(_combine_kernel)[(triton.cdiv(n_cols, _COMBINE_BLOCK),)](
-            part_m, part_l, m, l, n_groups, n_cols, BLOCK=_COMBINE_BLOCK, num_warps=4)
+        wrap(_combine_kernel)[(triton.cdiv(n_cols, _COMBINE_COLS),)](
+            part_m, part_l, m, l, n_groups, n_cols, BLOCK=_COMBINE_COLS, BLOCK_P=_COMBINE_PARTS, num_warps=4)
         if reduce_columns is None:
             return m, l
         m, l = reduce_columns(m, l)
