@@ -45,8 +45,8 @@ bench: install
 demo: install
 	$(PYTHON) -m gedi_fast train --dataset moons --out runs/demo --overwrite
 
-# On a CUDA machine, in one call of about 9 minutes (.ci/gpu-check says what and in which order): CUDA build,
-# GPU lane, op and step benchmarks, a training run on the GPU; results under $(OUT).
+# On a CUDA machine, in one call (.ci/gpu-check says what and in which order; 282 s on an H200, 2026-12-04): CUDA build,
+# GPU lane, op benchmarks and their profile, step benchmarks, a training run on the GPU; results under $(OUT).
 gpu-check:
 	OUT=$(OUT) PYTHON=$(PYTHON) bash .ci/gpu-check
 
