@@ -20,12 +20,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks import harness, test_bench_gedi, test_bench_sinkhorn
 
-SUITES = {"gedi_fwd": test_bench_gedi, "gedi_fwd_bwd": test_bench_gedi, "sinkhorn": test_bench_sinkhorn}
-
-
-def cases(op: str) -> list[harness.Case]:
-    suite = SUITES[op]
-    return suite.cases(op) if suite is test_bench_gedi else suite.cases()
+# op -> (the suite whose `build` makes its calls, its cases)
+SUITES = {"gedi_fwd": (test_bench_gedi, lambda: test_bench_gedi.cases("gedi_fwd")),
+          "gedi_fwd_bwd": (test_bench_gedi, lambda: test_bench_gedi.cases("gedi_fwd_bwd")),
+          "sinkhorn": (test_bench_sinkhorn, test_bench_sinkhorn.cases)}
 
 
 def wall_us(call: harness.Call, calls: int) -> float:
@@ -57,14 +55,14 @@ def kernel_times(call: harness.Call, calls: int) -> dict[str, tuple[float, float
 
 def table(op: str, case: harness.Case, impl: str, calls: int) -> list[str]:
     try:
-        call = SUITES[op].build(case, impl)
+        call = SUITES[op][0].build(case, impl)
     except pytest.skip.Exception as skipped:
         return [f"{op} {case.id} {impl}: not run ({skipped.msg})", ""]
     harness.calibrate(call)  # compiles and warms up
     wall = wall_us(call, calls)
     kernels = kernel_times(call, calls)
     busy = sum(us for us, _ in kernels.values())
-    ideal = "" if case.ideal_bytes is None else f", {case.ideal_bytes / busy / 1e3:.0f} GB/s over kernel time" if busy else ""
+    ideal = f", {case.ideal_bytes / busy / 1e3:.0f} GB/s over kernel time" if case.ideal_bytes and busy else ""
     lines = [f"**{op} {case.id}, {impl}**: {wall:.1f} us per call; kernels {busy:.1f} us "
              f"({sum(n for _, n in kernels.values()):.0f} launches){ideal}", "",
              "| kernel | us per call | launches per call |", "|---|---|---|"]
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Device {torch.cuda.get_device_name() if harness.DEVICE == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n")
     for op in args.ops:
-        for case in cases(op):
+        for case in SUITES[op][1]():
             if args.sizes is None or case.id in args.sizes:
                 for impl in args.impls:
                     print("\n".join(table(op, case, impl, args.calls)), flush=True)
