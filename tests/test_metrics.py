@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -64,3 +65,14 @@ def test_ood_auroc_known_cases():
 def test_bad_input_names_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_logit_spread_against_a_float64_loop():
+    z = torch.randn(9, 5, dtype=torch.float64) * 30
+    temperature = 0.1
+    by_hand = sum(statistics.stdev((z[:, k] / temperature).tolist()) for k in range(5)) / 5
+    assert metrics.logit_spread(z, temperature).item() == pytest.approx(by_hand, rel=1e-6)
+    assert metrics.logit_spread(z[:1].expand(4, 5), temperature).item() == 0.0  # one prediction for every row
+    for bad in (torch.randn(1, 5), torch.randn(5)):
+        with pytest.raises(ValueError, match="at least 2 rows"):
+            metrics.logit_spread(bad, temperature)

@@ -42,3 +42,31 @@ def test_the_pool_setting_is_checked_and_reaches_the_model(tmp_path):
     with pytest.raises(ValueError, match="pool must be one of"):
         TrainConfig(pool="max")
     assert TrainConfig(pool="flatten").model_options()["pool"] == "flatten"
+
+
+@pytest.mark.parametrize("shape,clusters,spread,temperature", [((1, 28, 28), 10, 2.0, 0.1), ((7,), 3, 0.5, 1.0),
+                                                               ((3, 9, 11), 5, 4.0, 0.3)])
+def test_spread_head_sets_the_logit_spread_and_balances_the_clusters(shape, clusters, spread, temperature):
+    from gedi_fast.train.metrics import logit_spread
+    from gedi_fast.train.models import spread_head
+
+    torch.manual_seed(3)
+    model = build_model(shape, clusters, width=8, hidden=16)
+    x = torch.rand(257, *shape) * 2 - 1
+    before = model.features(x)
+    spread_head(model, x, temperature, spread)
+    with torch.no_grad():
+        z = model(x)
+    assert torch.allclose(model.features(x), before)  # only the head changes
+    assert logit_spread(z, temperature).item() == pytest.approx(spread, rel=1e-4)
+    assert z.double().mean(0).abs().max().item() < 1e-5 * max(1.0, z.abs().max().item())
+
+
+def test_spread_head_refuses_inputs_it_cannot_tell_apart():
+    from gedi_fast.train.models import spread_head
+
+    model = build_model((4,), 3, hidden=8)
+    with pytest.raises(ValueError, match="do not vary"):
+        spread_head(model, torch.ones(6, 4), 0.1, 2.0)
+    with pytest.raises(ValueError, match="spread must be > 0"):
+        spread_head(model, torch.randn(6, 4), 0.1, 0.0)

@@ -86,7 +86,7 @@ def test_tensorboard_scalars_equal_log_jsonl_and_a_resume_drops_the_steps_after_
     shutil.copy(out / CHECKPOINT_NAME, tmp_path / "step10.pt")
     trainer.train()
     want = log_as_scalars(out)
-    assert set(want) == set(STEP_TERMS) | {"energy_data", "energy_neg", "cluster_entropy", "energy_gap",
+    assert set(want) == set(STEP_TERMS) | {"energy_data", "energy_neg", "cluster_entropy", "energy_gap", "logit_spread",
                                              "samples_per_s"}
     assert [step for step, _ in want["loss"]] == list(range(1, 21))
     got = tensorboard_scalars(out)

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from gedi_fast.train import checkpoint
+from gedi_fast.train import checkpoint, metrics
 from gedi_fast.train.augment import augment_images, rotate_and_jitter
 from gedi_fast.train.data import load_dataset
-from gedi_fast.train.trainer import CHECKPOINT_NAME, GEDITrainer, TrainConfig
+from gedi_fast.train.trainer import CHECKPOINT_NAME, HEAD_INIT_ROWS, GEDITrainer, TrainConfig
 
 SMALL = dict(steps=20, batch_size=32, hidden=32, sgld=dict(steps=2, buffer_size=100), log_every=5, checkpoint_every=100)
 
@@ -75,7 +75,8 @@ def test_image_augmentations_are_reproducible_and_in_range():
     [(dict(steps=0), "steps must be >= 1"), (dict(lr=0.0), "lr must be > 0"), (dict(clusters=1), "clusters must be 0"),
      (dict(assignment="kmeans"), "assignment must be one of"), (dict(view_noise=-1.0), "view_noise must be >= 0"),
      (dict(precision="fp8"), "precision must be one of"), (dict(augmentation="mixup"), "augmentation must be one of"),
-     (dict(adam_beta1=1.0), "adam_beta1 must lie in"), (dict(sgld=dict(grad_clamp=0.0)), "grad_clamp must be > 0")],
+     (dict(adam_beta1=1.0), "adam_beta1 must lie in"), (dict(sgld=dict(grad_clamp=0.0)), "grad_clamp must be > 0"),
+     (dict(lr_warmup=-1), "lr_warmup must be >= 0"), (dict(head_spread=-0.5), "head_spread must be >= 0")],
 )
 def test_bad_config_names_the_field(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -88,6 +89,29 @@ def test_adam_beta1_and_the_gradient_clamp_reach_the_optimiser_and_the_chain(tmp
     trainer = GEDITrainer(config, tmp_path)
     assert trainer.optimiser.param_groups[0]["betas"] == (0.5, 0.999)
     assert trainer.sampler.config.grad_clamp == 0.02
+
+
+def test_lr_warmup_ramps_the_learning_rate_then_holds_it(tmp_path):
+    config = TrainConfig.from_settings(steps=6, hidden=8, batch_size=8, lr=0.04, lr_warmup=4, sgld_steps=1,
+                                       buffer_size=16, log_every=1)
+    trainer = GEDITrainer(config, tmp_path)
+    seen = []
+    for _ in range(6):
+        trainer.train_step()
+        seen.append(trainer.optimiser.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.04, 0.04])
+
+
+def test_head_spread_initialises_the_head_and_the_log_shows_the_spread(tmp_path):
+    base = dict(steps=2, hidden=8, batch_size=16, sgld_steps=1, buffer_size=16, log_every=1, temperature=0.5)
+    plain = GEDITrainer(TrainConfig.from_settings(**base), tmp_path / "plain")
+    spread = GEDITrainer(TrainConfig.from_settings(**base, head_spread=3.0), tmp_path / "spread")
+    rows = spread.train_x[:HEAD_INIT_ROWS]
+    assert torch.equal(plain.model.body[0].weight, spread.model.body[0].weight)  # same seed: only the head differs
+    assert metrics.logit_spread(spread.model(rows), 0.5).item() == pytest.approx(3.0, rel=1e-4)
+    assert metrics.logit_spread(plain.model(rows), 0.5).item() != pytest.approx(3.0, rel=0.1)
+    history = spread.train()
+    assert [r["step"] for r in history] == [1, 2] and all(r["logit_spread"] > 0 for r in history)
 
 
 def test_rotation_views_keep_the_radius_and_replay():

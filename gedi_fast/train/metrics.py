@@ -12,6 +12,8 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from gedi_fast.reference.logits import compute_dtype
+
 
 def sk_metrics() -> ModuleType:
     """scikit-learn's metrics module, imported on first use."""
@@ -87,6 +89,15 @@ def representation_scores(features: torch.Tensor) -> dict[str, float]:
     spectrum = singular / singular.sum().clamp_min(1e-30)
     effective_rank = math.exp(-(spectrum * spectrum.clamp_min(1e-30).log()).sum().item())
     return {"feature_variance": centred.var(0).mean().item(), "feature_effective_rank": effective_rank}
+
+
+def logit_spread(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """How much a batch's scaled logits z / T differ between its rows: their standard deviation over the
+    rows, averaged over the clusters. Near 0 the network gives every input the same prediction (the
+    uniform plateau an image run can sit on before it clusters); a tensor, so reading it needs no sync."""
+    if z.ndim != 2 or len(z) < 2:
+        raise ValueError(f"z must be a 2-D batch of logits with at least 2 rows, got shape {tuple(z.shape)}")
+    return (z.to(compute_dtype(z)) / temperature).std(0).mean()
 
 
 def ood_auroc(energy_in: torch.Tensor | np.ndarray, energy_out: torch.Tensor | np.ndarray) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gedi_fast.validation import require_real
+
 
 class MLPClusterer(nn.Module):
     """in_features -> depth x (Linear, SiLU) of width hidden -> Linear to `clusters` logits."""
@@ -97,3 +99,23 @@ def build_model(input_shape: tuple[int, ...], clusters: int, hidden: int = 256, 
     if len(input_shape) == 3:
         return SmallResNet(input_shape[0], clusters, width, stem_stride, pool, tuple(input_shape[1:]))
     raise ValueError(f"input_shape must be (D,) for vectors or (C, H, W) for images, got {input_shape}")
+
+
+@torch.no_grad()
+def spread_head(model: nn.Module, x: torch.Tensor, temperature: float, spread: float) -> None:
+    """Data-dependent init of `model.head` on the batch x: its weights scaled so the scaled logits z / T
+    differ between x's rows by `spread` (their standard deviation over the rows, averaged over the
+    clusters), its bias set so every cluster's mean logit over x is 0.
+
+    Why: at the default init an image network's logits barely depend on the input (a spread near 0.5
+    at T = 0.1) and one cluster takes most inputs; the prior's gradient, tens of times the invariance
+    term's, then flattens every output within a few dozen steps and the run sits on the uniform
+    plateau. Balanced, input-dependent logits give the clustering terms something to sharpen instead."""
+    spread = require_real(spread, "spread", positive=True)
+    features = model.features(x).float()
+    head = model.head
+    current = (head(features) / temperature).std(0).mean()
+    if not torch.isfinite(current) or current <= 0:
+        raise ValueError(f"the head's logits do not vary over the {len(x)} given inputs (spread {current.item():g})")
+    head.weight.mul_(spread / current)
+    head.bias.copy_(-(features @ head.weight.T).mean(0))

@@ -32,7 +32,7 @@ from gedi_fast.train import checkpoint, launch, metrics, seeds
 from gedi_fast.train.augment import AUGMENTATIONS
 from gedi_fast.train.config import EARLIER_DEFAULTS, RESUME_CHANGEABLE, SETTINGS, TrainConfig
 from gedi_fast.train.data import Dataset, load_dataset
-from gedi_fast.train.models import build_model
+from gedi_fast.train.models import build_model, spread_head
 from gedi_fast.train.recovery import Recovery, divergence
 from gedi_fast.train.run_log import EVERY_STEP, STEP_TERMS, RunLog, StepTerms
 
@@ -52,6 +52,8 @@ class TrainingStopped(RuntimeError):
 
 # What a checkpoint holds (state_dict).
 STATE_KEYS = ("config", "step", "model", "optimiser", "samplers", "generator", "torch_rng", "history")
+
+HEAD_INIT_ROWS = 1024  # training rows config.head_spread's data-dependent head init looks at
 
 
 class GEDITrainer:
@@ -93,6 +95,8 @@ class GEDITrainer:
                                 sinkhorn_iters=config.sinkhorn_iters, energy_reg=config.energy_reg,
                                 queue_size=config.queue_size, form=config.form)
         self.train_x = self.dataset.train_x.to(self.device)
+        if config.head_spread:
+            spread_head(self.model, self.train_x[:HEAD_INIT_ROWS], config.temperature, config.head_spread)
         self.augmentation = config.augmentation or self.dataset.augmentation
         self.view_noise = self.dataset.view_noise if config.view_noise is None else config.view_noise
         if not AUGMENTATIONS[self.augmentation].fits(self.dataset.kind, self.dataset.input_shape):
@@ -167,6 +171,9 @@ class GEDITrainer:
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
         with record_function(STEP_PHASES[4]):
+            if self.config.lr_warmup:
+                for group in self.optimiser.param_groups:
+                    group["lr"] = self.config.lr * min(1.0, (self.step + 1) / self.config.lr_warmup)
             self.optimiser.step()
         self.step += 1
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
@@ -179,7 +186,8 @@ class GEDITrainer:
         with self.autocast():
             logits = network(torch.cat([view1, view2] + ([] if samples is None else [samples])))
         zn = logits[2 * rows:] if samples is not None else None
-        return self.loss_fn(logits[:rows], logits[rows:2 * rows], zn, return_terms=True)
+        loss, terms = self.loss_fn(logits[:rows], logits[rows:2 * rows], zn, return_terms=True)
+        return loss, {**terms, "logit_spread": metrics.logit_spread(logits[:rows].detach(), self.config.temperature)}
 
     def train(self, until: int | None = None, progress: bool = False, log_lines: bool = False,
               stop: Callable[[], bool] | None = None) -> list[dict]:
