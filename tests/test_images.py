@@ -260,6 +260,11 @@ def test_image_study_tables_from_tiny_runs(tmp_path, one_thread):
     for variant in ("GEDI (full)", "without gen", "k-means"):
         for dataset in ("mnist5k", "fashion-mnist"):
             assert f"| {variant} | {dataset} |" in clustering
+    for runs in (results[("GEDI (full)", "mnist5k")], results[("without gen", "fashion-mnist")]):
+        assert all(math.isfinite(r["logit_spread_at_100"]) and r["inv_at_300"] > 0 for r in runs)
+    row = next(line for line in clustering.splitlines() if line.startswith("| GEDI (full) | mnist5k |"))
+    spreads = ", ".join(f"{r['logit_spread_at_100']:.2f}" for r in results[("GEDI (full)", "mnist5k")])
+    assert f"| {spreads} |" in row
     assert "| without gen | mnist5k | fashion-mnist |" in detection
     assert "| GEDI (full) | fashion-mnist | mnist5k |" in detection
     saved = json.loads((tmp_path / "runs" / "mnist5k" / "without_gen" / "seed1" / "metrics.json").read_text())

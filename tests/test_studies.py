@@ -119,3 +119,12 @@ def test_the_forms_study_runs_both_forms_with_and_without_gen_on_vectors_and_ima
         assert seen == {("symmetric", True), ("symmetric", False), ("author", True), ("author", False)}
         authors = [c for c in settings if (c.inv_weight, c.prior_weight, c.gen_weight) == (0.05, 0.5, 0.0)]
         assert len(authors) == 1 and authors[0].form == "author" and authors[0].energy_reg == 0
+
+
+def test_start_scores_read_the_last_record_at_or_before_each_step():
+    history = [{"step": 50, "logit_spread": 0.4, "inv": 2.30}, {"step": 100, "logit_spread": 0.2, "inv": 2.31},
+               {"step": 120, "event": "rollback", "reason": "non-finite loss"},
+               {"step": 200, "logit_spread": 1.5, "inv": 2.10}, {"step": 400, "logit_spread": 2.5, "inv": 1.20}]
+    assert runner.start_scores(history) == {"logit_spread_at_100": 0.2, "inv_at_300": 2.10}
+    late = runner.start_scores([{"step": 500, "logit_spread": 1.0, "inv": 1.0}])
+    assert math.isnan(late["logit_spread_at_100"]) and math.isnan(late["inv_at_300"])

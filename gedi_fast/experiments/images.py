@@ -38,9 +38,10 @@ def run(seeds=range(3), out: str | pathlib.Path = "runs/images", base: TrainConf
 
 def clustering_table(results: dict, datasets=DATASETS) -> str:
     """Per method and dataset: median NMI and ACC over seeds (each seed's value listed), the largest
-    cluster's share (worst seed) and the median wall time of one run."""
-    lines = ["| method | dataset | NMI median (seeds) | ACC median (seeds) | largest cluster (worst) | wall per run |",
-             "|---|---|---|---|---|---|"]
+    cluster's share (worst seed), how each seed started (runner.start_scores: the uniform plateau shows
+    as a spread near 0 and inv near log K) and the median wall time of one run."""
+    lines = ["| method | dataset | NMI median (seeds) | ACC median (seeds) | largest cluster (worst) | logit spread at "
+             "step 100 (seeds) | inv at step 300 (seeds) | wall per run |", "|---|---|---|---|---|---|---|---|"]
     for variant in [*VARIANTS, "k-means"]:
         for dataset in datasets:
             runs = results.get((variant, dataset), [])
@@ -48,6 +49,7 @@ def clustering_table(results: dict, datasets=DATASETS) -> str:
                 continue
             cells = [_median_of(runs, "nmi"), _median_of(runs, "acc"),
                      f"{max(r['largest_cluster_share'] for r in runs):.2f}",
+                     *(_seeds_of(runs, key) for key in ("logit_spread_at_100", "inv_at_300")),
                      f"{statistics.median(r['train_wall_s'] for r in runs) / 60:.1f} min"]
             lines.append(f"| {variant} | {dataset} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -64,6 +66,11 @@ def ood_table(ood: dict, datasets=DATASETS) -> str:
                 lines.append(f"| {variant} | {dataset} | {reports[0]['out']} | {_median_of(reports, 'energy_auroc')} "
                              f"| {_median_of(reports, 'max_softmax_auroc')} |")
     return "\n".join(lines)
+
+
+def _seeds_of(rows: list[dict], key: str) -> str:
+    """Each seed's value, or "-" for rows without it (k-means)."""
+    return ", ".join(f"{r[key]:.2f}" for r in rows) if all(key in r for r in rows) else "-"
 
 
 def _median_of(rows: list[dict], key: str) -> str:

@@ -5,6 +5,7 @@ folder of its own (run_folder); and a finished run scored against an out-of-dist
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import pathlib
 import time
@@ -65,7 +66,21 @@ def train_one(config: TrainConfig, folder: pathlib.Path, threads: int | None = N
     wall_s = time.perf_counter() - started
     scores = trainer.evaluate()
     trainer.write_metrics(scores, wall_s)
-    return {**scores, "train_wall_s": wall_s}
+    return {**scores, **start_scores(trainer.history), "train_wall_s": wall_s}
+
+
+START_STEPS = {"logit_spread": 100, "inv": 300}  # what start_scores reads, and at which step
+
+
+def start_scores(history: list[dict]) -> dict[str, float]:
+    """How a run started, from its log records: the logit spread at step 100 (near 0: flat outputs) and
+    inv at step 300 (near log K: still on the uniform plateau), each from the last record at or before
+    that step; NaN where the run logged nothing that early."""
+    scores = {}
+    for name, step in START_STEPS.items():
+        records = [r for r in history if "event" not in r and r["step"] <= step and name in r]
+        scores[f"{name}_at_{step}"] = records[-1][name] if records else math.nan
+    return scores
 
 
 def ood_of_run(folder: pathlib.Path, outside: str) -> dict:
