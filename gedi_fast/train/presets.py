@@ -5,6 +5,9 @@ image run is designed around that cost: `cpu-images` trades network width, chain
 for steps, 2500 of them, which a 2-core CPU trains in about 9.5 minutes alone (at the 223 ms step measured
 alone) and 25 beside a second run (docs/RESULTS.md gives each setting's cost and why 2500); `paper-images` is the paper's setting (a ResNet-8-style CNN at full resolution, JEM's SGLD:
 20 steps of size 1 with noise 0.01 from a 10000-sample replay buffer, 5% fresh), for a GPU.
+`cpu-images` also starts its runs off the uniform plateau: a balanced, input-dependent head init
+(head_spread 2) and a 200-step learning-rate warmup, without which MNIST-5k runs sat with flat
+outputs for 300 to 1000+ steps (docs/RESULTS.md, "The start").
 Vector data needs no preset: TrainConfig's defaults are measured on it.
 """
 from __future__ import annotations
@@ -13,7 +16,7 @@ from gedi_fast.validation import require_choice
 
 PRESETS: dict[str, dict[str, object]] = {
     "cpu-images": dict(width=32, stem_stride=2, batch_size=128, steps=2500, sgld_steps=5, sgld_samples=32,
-                       buffer_size=5000, log_every=100, checkpoint_every=500),
+                       buffer_size=5000, log_every=100, checkpoint_every=500, head_spread=2.0, lr_warmup=200),
     "paper-images": dict(width=64, stem_stride=1, batch_size=64, lr=1e-4, steps=50_000, sgld_steps=20,
                          sgld_samples=64, sgld_step_size=1.0, sgld_noise=0.01, buffer_size=10_000, reinit_prob=0.05,
                          log_every=200, checkpoint_every=2000),
