@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gedi_fast.train.metrics import logit_spread
 from gedi_fast.validation import require_real
 
 
@@ -114,8 +115,8 @@ def spread_head(model: nn.Module, x: torch.Tensor, temperature: float, spread: f
     spread = require_real(spread, "spread", positive=True)
     features = model.features(x).float()
     head = model.head
-    current = (head(features) / temperature).std(0).mean()
+    current = logit_spread(head(features), temperature)
     if not torch.isfinite(current) or current <= 0:
         raise ValueError(f"the head's logits do not vary over the {len(x)} given inputs (spread {current.item():g})")
     head.weight.mul_(spread / current)
-    head.bias.copy_(-(features @ head.weight.T).mean(0))
+    head.bias.copy_(-head.weight @ features.mean(0))
