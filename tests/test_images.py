@@ -108,6 +108,19 @@ def test_presets_by_kind_and_device():
         TrainConfig.from_settings(**settings)  # every preset is a valid config
     with pytest.raises(ValueError, match="preset must be one of"):
         preset_settings("fast", "image", "cpu")
+
+
+def test_cpu_preset_weighs_the_energy_on_the_temperature_one_scale():
+    """cpu-images weighs gen and E^2 on T E (0.1 and 0.1), so with TrainConfig's temperature its weights
+    on E are 0.1 T and 0.1 T^2, and the energies' resting point +-gen_weight / (2 energy_reg) on E is the
+    vector defaults' (+-5)."""
+    preset, config = PRESETS["cpu-images"], TrainConfig.from_settings(**PRESETS["cpu-images"])
+    temperature = config.temperature
+    assert "temperature" not in preset
+    assert preset["gen_weight"] == pytest.approx(0.1 * temperature)
+    assert preset["energy_reg"] == pytest.approx(0.1 * temperature ** 2)
+    defaults = TrainConfig()
+    assert preset["gen_weight"] / (2 * preset["energy_reg"]) == pytest.approx(defaults.gen_weight / (2 * defaults.energy_reg))
     assert {name for name, kind in DATASET_KINDS.items() if kind == "image"} == {
         "mnist5k", "fashion-mnist", "cifar10", "cifar100", "svhn"} and set(DATASET_KINDS) == set(LOADERS)
 

@@ -98,7 +98,8 @@ def test_the_studies_cover_the_settings_they_are_asked_about():
     assert collapse.groups == ["moons", "digits", "mnist5k"]
     images = {c.method: c.settings for c in collapse.cases if c.group == "mnist5k"}
     assert set(images) == {"GEDI (full)", "without gen"} and images["without gen"]["gen_weight"] == 0
-    assert all(settings.items() >= PRESETS["cpu-images"].items() for settings in images.values())
+    assert images["GEDI (full)"] == {**PRESETS["cpu-images"], "dataset": "mnist5k"}
+    assert images["without gen"] == {**PRESETS["cpu-images"], "dataset": "mnist5k", "gen_weight": 0, "energy_reg": 0}
     for group in ("moons", "digits"):
         settings = {c.method: c.settings for c in collapse.cases if c.group == group}
         assert settings["without gen, views 1/10"]["view_noise"] == pytest.approx(view_noise(group) / 10)

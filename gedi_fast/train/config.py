@@ -49,7 +49,9 @@ class TrainConfig:
     Langevin steps on vectors: JEM's step 1.0 / noise 0.01 are for images in [-1, 1]. energy_reg 0.1,
     the squared-energy penalty of energy-based model practice (Du and Mordatch 2019; JEM's code has
     none), keeps the energies bounded: without it, digits (seed 0) collapsed into one cluster
-    (NMI 0.03, 98% of points in one cluster), and with JEM's step sizes too (NMI 0.02). None (or a
+    (NMI 0.03, 98% of points in one cluster), and with JEM's step sizes too (NMI 0.02). Both weights
+    act on E = -logsumexp(z / T), whose scale is 1 / T: on images at T = 0.1 energy_reg 0.1 flattened
+    every output, so cpu-images weighs gen and E^2 on T E's scale (gedi_fast.train.presets). None (or a
     field missing from `sgld`) means "the dataset's choice": `augmentation` and `view_noise` come from
     the dataset, the SGLD step, noise and initial range from the kind and range of its data.
 

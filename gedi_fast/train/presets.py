@@ -7,7 +7,13 @@ alone) and 25 beside a second run (docs/RESULTS.md gives each setting's cost and
 20 steps of size 1 with noise 0.01 from a 10000-sample replay buffer, 5% fresh), for a GPU.
 `cpu-images` also starts its runs off the uniform plateau: a balanced, input-dependent head init
 (head_spread 2) and a 200-step learning-rate warmup, without which MNIST-5k runs sat with flat
-outputs for 300 to 1000+ steps (docs/RESULTS.md, "The start").
+outputs for 300 to 1000+ steps (docs/RESULTS.md, "The start"). And it weighs the generative term
+and its E^2 regulariser on the scale of the energy at temperature 1, T E: gen_weight 0.1 T and
+energy_reg 0.1 T^2 (0.01 and 0.001 at T = 0.1). E = -logsumexp(z / T) moves 1 / T as far as T E when
+the logits spread, so TrainConfig's energy_reg 0.1 on E^2 flattened every output at T = 0.1 (no run with
+gen clustered on MNIST-5k); both scaled keep the same balance between the two (each energy settles at
++-gen_weight / (2 energy_reg) once it tells data from samples) and leave the clustering free
+(docs/RESULTS.md, "the E^2 term's scale").
 Vector data needs no preset: TrainConfig's defaults are measured on it.
 """
 from __future__ import annotations
@@ -16,7 +22,8 @@ from gedi_fast.validation import require_choice
 
 PRESETS: dict[str, dict[str, object]] = {
     "cpu-images": dict(width=32, stem_stride=2, batch_size=128, steps=2500, sgld_steps=5, sgld_samples=32,
-                       buffer_size=5000, log_every=100, checkpoint_every=500, head_spread=2.0, lr_warmup=200),
+                       buffer_size=5000, log_every=100, checkpoint_every=500, head_spread=2.0, lr_warmup=200,
+                       gen_weight=0.01, energy_reg=0.001),
     "paper-images": dict(width=64, stem_stride=1, batch_size=64, lr=1e-4, steps=50_000, sgld_steps=20,
                          sgld_samples=64, sgld_step_size=1.0, sgld_noise=0.01, buffer_size=10_000, reinit_prob=0.05,
                          log_every=200, checkpoint_every=2000),
