@@ -108,6 +108,8 @@ def test_presets_by_kind_and_device():
         TrainConfig.from_settings(**settings)  # every preset is a valid config
     with pytest.raises(ValueError, match="preset must be one of"):
         preset_settings("fast", "image", "cpu")
+    assert {name for name, kind in DATASET_KINDS.items() if kind == "image"} == {
+        "mnist5k", "fashion-mnist", "cifar10", "cifar100", "svhn"} and set(DATASET_KINDS) == set(LOADERS)
 
 
 def test_cpu_preset_weighs_the_energy_on_the_temperature_one_scale():
@@ -121,8 +123,6 @@ def test_cpu_preset_weighs_the_energy_on_the_temperature_one_scale():
     assert preset["energy_reg"] == pytest.approx(0.1 * temperature ** 2)
     defaults = TrainConfig()
     assert preset["gen_weight"] / (2 * preset["energy_reg"]) == pytest.approx(defaults.gen_weight / (2 * defaults.energy_reg))
-    assert {name for name, kind in DATASET_KINDS.items() if kind == "image"} == {
-        "mnist5k", "fashion-mnist", "cifar10", "cifar100", "svhn"} and set(DATASET_KINDS) == set(LOADERS)
 
 
 class PlantedLogits(torch.nn.Module):
