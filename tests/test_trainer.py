@@ -27,9 +27,9 @@ def test_short_run_logs_terms_and_evaluates(tmp_path):
     assert (tmp_path / CHECKPOINT_NAME).is_file()
 
 
-@pytest.mark.parametrize("start", ["uniform", "gaussian"])
-def test_resume_gives_the_same_parameters_as_an_unbroken_run(tmp_path, start):
-    config = TrainConfig(**SMALL | dict(sgld=SMALL["sgld"] | dict(start=start)))
+@pytest.mark.parametrize("start,gen_delay", [("uniform", 0), ("gaussian", 0), ("gaussian", 12)])
+def test_resume_gives_the_same_parameters_as_an_unbroken_run(tmp_path, start, gen_delay):
+    config = TrainConfig(**SMALL | dict(sgld=SMALL["sgld"] | dict(start=start), gen_delay=gen_delay))
     straight = GEDITrainer(config, tmp_path / "a")
     straight.train()
     broken = GEDITrainer(config, tmp_path / "b")
@@ -76,7 +76,8 @@ def test_image_augmentations_are_reproducible_and_in_range():
      (dict(assignment="kmeans"), "assignment must be one of"), (dict(view_noise=-1.0), "view_noise must be >= 0"),
      (dict(precision="fp8"), "precision must be one of"), (dict(augmentation="mixup"), "augmentation must be one of"),
      (dict(adam_beta1=1.0), "adam_beta1 must lie in"), (dict(sgld=dict(grad_clamp=0.0)), "grad_clamp must be > 0"),
-     (dict(lr_warmup=-1), "lr_warmup must be >= 0"), (dict(head_spread=-0.5), "head_spread must be >= 0")],
+     (dict(lr_warmup=-1), "lr_warmup must be >= 0"), (dict(head_spread=-0.5), "head_spread must be >= 0"),
+     (dict(gen_delay=-1), "gen_delay must be >= 0")],
 )
 def test_bad_config_names_the_field(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -100,6 +101,19 @@ def test_lr_warmup_ramps_the_learning_rate_then_holds_it(tmp_path):
         trainer.train_step()
         seen.append(trainer.optimiser.param_groups[0]["lr"])
     assert seen == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.04, 0.04])
+
+
+def test_gen_delay_trains_without_samples_then_starts_the_chain(tmp_path):
+    config = TrainConfig.from_settings(steps=4, hidden=8, batch_size=8, gen_delay=2, sgld_steps=1, buffer_size=16,
+                                       log_every=1)
+    trainer = GEDITrainer(config, tmp_path)
+    start = trainer.sampler.buffer.clone()
+    delayed = trainer.train(until=2)  # through the loop's divergence check: no samples is not a divergence
+    assert [r["step"] for r in delayed] == [1, 2] and torch.equal(trainer.sampler.buffer, start)
+    assert all(r["gen"] == 0 and math.isnan(r["energy_neg"]) and r["energy_reg"] > 0 for r in delayed)
+    chained = trainer.train()[2:]
+    assert [r["step"] for r in chained] == [3, 4] and not torch.equal(trainer.sampler.buffer, start)
+    assert all(r["gen"] != 0 and math.isfinite(r["energy_neg"]) for r in chained)
 
 
 def test_head_spread_initialises_the_head_and_the_log_shows_the_spread(tmp_path):

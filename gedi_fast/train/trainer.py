@@ -161,7 +161,7 @@ class GEDITrainer:
             mine = slice(self.rank * rows, (self.rank + 1) * rows)
             view1, view2 = (view[mine] for view in self.views(self.train_x[indices], self.generator))
         with record_function(STEP_PHASES[1]), self.autocast():
-            samples = self.sampler.sample(self.model, self.config.sgld_samples) if self.sampler is not None else None
+            samples = self.sampler.sample(self.model, self.config.sgld_samples) if self.samples_at(self.step) else None
         self.model.train()
         if self.config.compile_step:
             torch.compiler.cudagraph_mark_step_begin()
@@ -177,6 +177,10 @@ class GEDITrainer:
             self.optimiser.step()
         self.step += 1
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def samples_at(self, step: int) -> bool:
+        """Whether step `step` (counted from 0) draws SGLD samples: with a sampler, from step gen_delay on."""
+        return self.sampler is not None and step >= self.config.gen_delay
 
     def forward_loss(self, view1: torch.Tensor, view2: torch.Tensor,
                       samples: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -236,7 +240,7 @@ class GEDITrainer:
                 if not (log or save):
                     continue
                 if recovery.rolled_back(divergence(values, self.model.parameters(), self.config.max_energy,
-                                                   self.world_size, sampled=self.sampler is not None)):
+                                                   self.world_size, sampled=self.samples_at(self.step - 1))):
                     every_step.drop_after(self.step)
                     if run_log is not None:
                         run_log.write(self.history[-1])
