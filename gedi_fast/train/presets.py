@@ -18,7 +18,7 @@ training images (sgld_start "gaussian") rather than uniform noise: with 5 chain 
 samples stay near where they start, and from the Gaussian they become digits a person names (FID ratio
 0.14-0.19 on MNIST-5k against 0.50-0.76 from noise, 5 seeds) and cluster no worse (docs/RESULTS.md,
 "Gaussian chain starts"). Samples that look like data from the start leave gen near 0 while the
-clustering is still flat, which held MNIST-5k runs on the plateau for up to 1000 steps, so the chain and
+clustering is still flat, which held MNIST-5k runs on the plateau for up to 1500 steps, so the chain and
 gen wait 300 steps (gen_delay) while the clustering terms alone take the run off it (docs/RESULTS.md,
 "Holding the generative term back").
 Vector data needs no preset: TrainConfig's defaults are measured on it.
