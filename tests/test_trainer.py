@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gedi_fast.train import checkpoint, metrics
-from gedi_fast.train.augment import augment_images, rotate_and_jitter
+from gedi_fast.train.augment import AUGMENTATIONS, affine_images, augment_images, rotate_and_jitter
 from gedi_fast.train.data import load_dataset
 from gedi_fast.train.trainer import CHECKPOINT_NAME, HEAD_INIT_ROWS, GEDITrainer, TrainConfig
 
@@ -77,7 +77,8 @@ def test_image_augmentations_are_reproducible_and_in_range():
      (dict(precision="fp8"), "precision must be one of"), (dict(augmentation="mixup"), "augmentation must be one of"),
      (dict(adam_beta1=1.0), "adam_beta1 must lie in"), (dict(sgld=dict(grad_clamp=0.0)), "grad_clamp must be > 0"),
      (dict(lr_warmup=-1), "lr_warmup must be >= 0"), (dict(head_spread=-0.5), "head_spread must be >= 0"),
-     (dict(gen_delay=-1), "gen_delay must be >= 0")],
+     (dict(gen_delay=-1), "gen_delay must be >= 0"), (dict(view_warmup=-3), "view_warmup must be >= 0"),
+     (dict(view_warmup=2.5), "view_warmup must be an int")],
 )
 def test_bad_config_names_the_field(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -114,6 +115,31 @@ def test_gen_delay_trains_without_samples_then_starts_the_chain(tmp_path):
     chained = trainer.train()[2:]
     assert [r["step"] for r in chained] == [3, 4] and not torch.equal(trainer.sampler.buffer, start)
     assert all(r["gen"] != 0 and math.isfinite(r["energy_neg"]) for r in chained)
+
+
+@pytest.mark.parametrize("name,shape", [("affine", (40, 1, 28, 28)), ("image", (40, 3, 9, 7)), ("rotation", (300, 2))])
+def test_augmentation_strength_runs_from_the_input_to_the_full_views(name, shape):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1
+    view = AUGMENTATIONS[name].view
+    none = view(x, 0.0, torch.Generator().manual_seed(1), 0.0)
+    torch.testing.assert_close(none, x, atol=1e-6, rtol=0)  # strength 0: the input itself (no view noise asked)
+    full = view(x, 0.0, torch.Generator().manual_seed(1), 1.0)
+    default = {"affine": affine_images, "image": augment_images, "rotation": rotate_and_jitter}[name]
+    args = (x, 0.0, torch.Generator().manual_seed(1)) if name == "rotation" else (x, torch.Generator().manual_seed(1))
+    assert torch.equal(full, default(*args, **({} if name == "rotation" else {"noise": 0.0})))  # 1: as before
+    moved = [(view(x, 0.0, torch.Generator().manual_seed(1), s) - x).abs().mean().item() for s in (0.0, 0.3, 1.0)]
+    assert moved[0] < 1e-6 < moved[1] < moved[2]
+
+
+def test_view_warmup_ramps_the_augmentation_in(tmp_path, monkeypatch):
+    config = TrainConfig.from_settings(steps=6, hidden=8, batch_size=8, view_warmup=4, sgld_steps=1, buffer_size=16)
+    trainer = GEDITrainer(config, tmp_path)
+    seen = []
+    monkeypatch.setattr(trainer, "views", lambda x, generator, strength=1.0: (seen.append(strength), (x, x))[1])
+    for _ in range(6):
+        trainer.train_step()
+    assert seen == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+    assert GEDITrainer(TrainConfig.from_settings(steps=1, hidden=8), tmp_path / "off").view_strength(0) == 1.0
 
 
 def test_head_spread_initialises_the_head_and_the_log_shows_the_spread(tmp_path):

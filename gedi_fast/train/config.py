@@ -86,6 +86,7 @@ class TrainConfig:
     lr_warmup: int = 0  # steps over which the learning rate rises linearly from lr / lr_warmup to lr (0: none)
     head_spread: float = 0.0  # > 0: data-dependent head init to this logit spread, balanced (models.spread_head)
     gen_delay: int = 0  # steps trained without SGLD samples (gen 0, E^2 on the views only) before the chain starts
+    view_warmup: int = 0  # steps over which the views' augmentation strength rises linearly from 0 (noise only) to 1
     hidden: int = 256  # the MLP's width (vector data)
     width: int = 32  # the CNN's first-stage channels (image data)
     stem_stride: int = 1  # the CNN stem's stride: 2 quarters the cost of every stage
@@ -122,6 +123,7 @@ class TrainConfig:
         require_int(self.queue_size, "queue_size", minimum=0)
         require_int(self.lr_warmup, "lr_warmup", minimum=0)
         require_int(self.gen_delay, "gen_delay", minimum=0)
+        require_int(self.view_warmup, "view_warmup", minimum=0)
         require_real(self.head_spread, "head_spread", non_negative=True)
         if self.queue_size and self.compile_step:
             raise ValueError("queue_size > 0 is not supported with compile_step=True (the queue grows over the "

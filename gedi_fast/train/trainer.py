@@ -127,9 +127,14 @@ class GEDITrainer:
         self.history: list[dict] = []
         self.stopped_at: int | None = None  # the step train() stopped at when its `stop` said so
 
-    def views(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(self, x: torch.Tensor, generator: torch.Generator,
+              strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         view = AUGMENTATIONS[self.augmentation].view
-        return view(x, self.view_noise, generator), view(x, self.view_noise, generator)
+        return view(x, self.view_noise, generator, strength), view(x, self.view_noise, generator, strength)
+
+    def view_strength(self, step: int) -> float:
+        """The augmentation's strength at step `step` (counted from 0): step / view_warmup, up to 1."""
+        return min(1.0, step / self.config.view_warmup) if self.config.view_warmup else 1.0
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast of the model when the run computes in bf16; GEDILoss upcasts the logits, so its
@@ -159,7 +164,8 @@ class GEDITrainer:
             indices = torch.randint(0, len(self.train_x), (self.world_size * rows,), generator=self.generator,
                                     device=self.device)
             mine = slice(self.rank * rows, (self.rank + 1) * rows)
-            view1, view2 = (view[mine] for view in self.views(self.train_x[indices], self.generator))
+            view1, view2 = (view[mine] for view in self.views(self.train_x[indices], self.generator,
+                                                               self.view_strength(self.step)))
         with record_function(STEP_PHASES[1]), self.autocast():
             samples = self.sampler.sample(self.model, self.config.sgld_samples) if self.samples_at(self.step) else None
         self.model.train()
