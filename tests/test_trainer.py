@@ -129,6 +129,9 @@ def test_augmentation_strength_runs_from_the_input_to_the_full_views(name, shape
     assert torch.equal(full, default(*args, **({} if name == "rotation" else {"noise": 0.0})))  # 1: as before
     moved = [(view(x, 0.0, torch.Generator().manual_seed(1), s) - x).abs().mean().item() for s in (0.0, 0.3, 1.0)]
     assert moved[0] < 1e-6 < moved[1] < moved[2]
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="strength must"):
+            view(x, 0.0, torch.Generator(), bad)
 
 
 def test_view_warmup_ramps_the_augmentation_in(tmp_path, monkeypatch):
