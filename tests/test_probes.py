@@ -40,7 +40,7 @@ def _reference_gradients(trainer: GEDITrainer) -> dict[str, list[torch.Tensor]]:
     model = trainer.model.double()
     generator = torch.Generator().manual_seed(trainer.config.seed + seeds.PROBE_BATCH)
     rows = torch.randint(0, len(trainer.train_x), (min(probes.PROBE_ROWS, len(trainer.train_x)),), generator=generator)
-    view1, view2 = trainer.views(trainer.train_x[rows], generator)
+    view1, view2 = trainer.views(trainer.train_x[rows], generator, trainer.view_strength(trainer.step))
     samples = trainer.sampler.buffer[:trainer.config.sgld_samples]
     z1, z2, zn = model(view1.double()), model(view2.double()), model(samples.double())
     terms = reference.gedi_terms(z1, z2, zn, trainer.config.temperature)

@@ -62,7 +62,7 @@ def _term_gradients(trainer: GEDITrainer) -> dict[str, float]:
     generator = torch.Generator(device=trainer.device).manual_seed(trainer.config.seed + seeds.PROBE_BATCH)
     rows = torch.randint(0, len(trainer.train_x), (min(PROBE_ROWS, len(trainer.train_x)),), generator=generator,
                          device=trainer.device)
-    view1, view2 = trainer.views(trainer.train_x[rows], generator)
+    view1, view2 = trainer.views(trainer.train_x[rows], generator, trainer.view_strength(trainer.step))  # as trained now
     samples = trainer.sampler.buffer[:trainer.config.sgld_samples] if trainer.sampler is not None else None
     _, terms = trainer.forward_loss(view1, view2, samples)
     layers = parameter_layers(model)
