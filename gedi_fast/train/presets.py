@@ -20,8 +20,8 @@ samples stay near where they start, and from the Gaussian they become digits a p
 "Gaussian chain starts"). Samples that look like data from the start leave gen near 0 while the
 clustering is still flat, which held MNIST-5k runs on the plateau for up to 1500 steps, so the chain and
 gen wait 300 steps (gen_delay) (docs/RESULTS.md, "Holding the generative term back"). That plateau
-itself comes from the augmentation: a fresh network's features move more under MNIST-5k's shifts and
-stroke changes than between digits, two views of an image disagree, and flat outputs are the
+itself comes from the augmentation: a fresh network's features move more under MNIST-5k's augmentation
+than between digits, two views of an image disagree, and flat outputs are the
 invariance term's best answer; so the augmentation ramps in over the first 300 steps (view_warmup),
 which keeps every run off the plateau from the first steps (docs/RESULTS.md, "Ramping the augmentation in").
 Vector data needs no preset: TrainConfig's defaults are measured on it.
