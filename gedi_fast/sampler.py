@@ -19,7 +19,14 @@ from gedi_fast.ops.sgld import SGLDChainStep, buffer_draw
 from gedi_fast.precision import tf32_state
 from gedi_fast.reference import energy, energy_grad, gaussian_from_uniform
 from gedi_fast.rng import call_key, mix32
-from gedi_fast.validation import SAMPLE_DTYPES, check_logits, require_choice, require_int, require_real
+from gedi_fast.validation import (
+    SAMPLE_DTYPES,
+    check_logits,
+    require_choice,
+    require_fraction,
+    require_int,
+    require_real,
+)
 
 STATE_KEYS = ("buffer", "calls", "seed")
 STARTS = ("uniform", "gaussian")
@@ -51,8 +58,7 @@ class SGLDConfig:
         require_real(self.step_size, "step_size", non_negative=True)
         require_real(self.noise_std, "noise_std", non_negative=True)
         require_int(self.buffer_size, "buffer_size", minimum=1)
-        if not 0 <= require_real(self.reinit_prob, "reinit_prob") <= 1:
-            raise ValueError(f"reinit_prob must lie in [0, 1], got {self.reinit_prob}")
+        require_fraction(self.reinit_prob, "reinit_prob")
         if self.grad_clamp is not None:
             require_real(self.grad_clamp, "grad_clamp", positive=True)
         if require_real(self.init_low, "init_low") >= require_real(self.init_high, "init_high"):

@@ -73,6 +73,14 @@ def require_real(value: object, name: str, *, positive: bool = False, non_negati
     return float(value)
 
 
+def require_fraction(value: object, name: str) -> float:
+    """A real number in [0, 1]: a probability or a share."""
+    value = require_real(value, name, non_negative=True)
+    if value > 1:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return value
+
+
 def require_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

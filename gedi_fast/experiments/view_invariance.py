@@ -45,7 +45,7 @@ def view_scores(trainer: GEDITrainer, strength: float, rows: int = HEAD_INIT_ROW
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--dataset", default="mnist5k", choices=sorted(DATASET_KINDS))
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="cpu-images")

@@ -18,6 +18,7 @@ from gedi_fast.validation import (
     require_disjoint,
     require_dtype,
     require_finite,
+    require_fraction,
     require_int,
     require_no_overlap,
     require_real,
@@ -168,9 +169,7 @@ def buffer_draw(
     require_same_device(indices, "indices", buffer, "buffer")
     if require_bool(check_finite, "check_finite"):
         require_finite(buffer, "buffer")
-    reinit_prob = require_real(reinit_prob, "reinit_prob", non_negative=True)
-    if reinit_prob > 1:
-        raise ValueError(f"reinit_prob must lie in [0, 1], got {reinit_prob}")
+    reinit_prob = require_fraction(reinit_prob, "reinit_prob")
     low, high = require_real(low, "low"), require_real(high, "high")
     if low >= high:
         raise ValueError(f"low must be below high, got low={low}, high={high}")

@@ -17,14 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from gedi_fast.validation import require_real
-
-
-def _strength(strength: float) -> float:
-    strength = require_real(strength, "strength", non_negative=True)
-    if strength > 1:
-        raise ValueError(f"strength must lie in [0, 1], got {strength!r}")
-    return strength
+from gedi_fast.validation import require_fraction
 
 
 def jitter(x: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
@@ -36,7 +29,7 @@ def rotate_and_jitter(x: torch.Tensor, scale: float, generator: torch.Generator,
     """2-D points rotated about the origin by a uniform random angle each (within +-pi strength), then jittered."""
     if x.dim() != 2 or x.shape[1] != 2:
         raise ValueError(f"rotation views need N x 2 points, got x of shape {tuple(x.shape)}")
-    strength = _strength(strength)
+    strength = require_fraction(strength, "strength")
     angle = (2 * torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) - 1) * (torch.pi * strength)
     cos, sin = angle.cos(), angle.sin()
     rotated = torch.stack([cos * x[:, 0] - sin * x[:, 1], sin * x[:, 0] + cos * x[:, 1]], dim=1)
@@ -48,7 +41,7 @@ def augment_images(x: torch.Tensor, generator: torch.Generator, pad: int = 4, no
     """Random crop (reflect-padded by `pad`), horizontal flip, brightness/contrast jitter and noise, per image;
     `strength` scales the crop's reach (rounded to whole pixels), the flip's chance and the jitters."""
     n, _, h, w = x.shape
-    strength = _strength(strength)
+    strength = require_fraction(strength, "strength")
     uniform = lambda *shape: torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)  # noqa: E731
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     reach = round(pad * strength)
@@ -90,7 +83,7 @@ def affine_images(x: torch.Tensor, generator: torch.Generator, degrees: float = 
     +-`shift` of the image size, then noise; `strength` scales all four. Stroke width is a nuisance
     clusters would otherwise follow; no flip: a mirrored digit is not the same digit."""
     n = len(x)
-    strength = _strength(strength)
+    strength = require_fraction(strength, "strength")
     degrees, scale, shift, stroke = degrees * strength, scale * strength, shift * strength, stroke * strength
     uniform = lambda: 2 * torch.rand(n, generator=generator, device=x.device, dtype=x.dtype) - 1  # noqa: E731
     pick = uniform()[:, None, None, None]
