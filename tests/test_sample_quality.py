@@ -75,6 +75,24 @@ def test_class_coverage_is_one_when_balanced_and_zero_for_one_class():
     assert metrics.class_coverage(np.array([0, 0, 1, 1]), 4) == pytest.approx(0.5)
 
 
+def test_mix_matched_rows_copy_the_predicted_class_mix_row_for_row():
+    gen = torch.Generator().manual_seed(5)
+    labels = torch.cat([torch.full((1,), 4), torch.randint(0, 4, (36,), generator=gen)])[torch.randperm(37, generator=gen)]
+    predicted = torch.cat([torch.full((1,), 4), torch.randint(0, 5, (2000,), generator=gen)])
+    rows = sample_quality.mix_matched_rows(labels, predicted, 5, torch.Generator().manual_seed(0))
+    assert rows.shape == predicted.shape and torch.equal(labels[rows], predicted)
+    for c in range(5):  # every row of a class gets drawn, not only the first
+        assert set(rows[predicted == c].tolist()) == set((labels == c).nonzero().flatten().tolist())
+    one = sample_quality.mix_matched_rows(labels, torch.tensor([4]), 5, torch.Generator().manual_seed(1))
+    assert labels[one].tolist() == [4]
+
+
+def test_mix_matched_rows_names_a_class_the_labels_lack():
+    with pytest.raises(ValueError, match=r"labels has no row of predicted class\(es\) \[2, 5\]"):
+        sample_quality.mix_matched_rows(torch.tensor([0, 1, 1, 3]), torch.tensor([5, 0, 2, 2]), 6,
+                                        torch.Generator().manual_seed(0))
+
+
 def blocks(seed: int, rows: int = 60) -> Dataset:
     """Images of 1 x 12 x 12 whose class is which quadrant is bright, plus noise."""
     gen = torch.Generator().manual_seed(seed)
@@ -121,10 +139,12 @@ def test_eval_fid_end_to_end_on_a_tiny_run(tmp_path, monkeypatch, capsys, one_th
     printed = capsys.readouterr().out
     fid = json.loads((run / "metrics.json").read_text())["fid"]
     assert "fid (200 images against the test split" in printed and f"noise={fid['noise']:.2f}" in printed
+    assert f"samples_mix_floor={fid['samples_mix_floor']:.2f}" in printed
     assert fid["rows"] == 200 and fid["sampler_steps"] == 2 and 0.5 < fid["accuracy"] <= 1
     assert 0 <= fid["floor"] < fid["noise"] / 5
     for name in ("samples", "buffer"):
         assert fid[name] > fid["floor"] and 0 <= fid[f"{name}_coverage"] <= 1
+        assert 0 <= fid[f"{name}_mix_floor"] < fid[name]  # real images in the samples' mix beat 3-step samples
     assert json.loads((run / "metrics.json").read_text())["nmi"] is not None  # training scores kept
 
     monkeypatch.setattr(sample_quality, "train_classifier", lambda *_: pytest.fail("the classifier was retrained"))

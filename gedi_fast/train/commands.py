@@ -151,7 +151,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"fid ({fid['rows']} images against the test split; evaluation classifier accuracy "
               f"{fid['accuracy']:.4f}): " + "  ".join(
                   f"{key}={fid[key]:.2f}" if fid[key] is not None else f"{key}=none (no SGLD sampler)"
-                  for key in ("floor", "samples", "buffer", "noise")))
+                  for key in ("floor", "samples", "buffer", "noise", "samples_mix_floor")))
     if outside is None:
         if args.fid:
             print(f"metrics: {path}")

@@ -10,6 +10,10 @@ Every set is compared with the same reference, `rows` images of the test split, 
 of one report compare: `floor` (training images: the best a sampler can hope for), `noise`
 (uniform noise over the data's range: what a sampler that learnt nothing gives), `samples`
 (chains the run's sampler would run next, from a copy of its replay buffer) and `buffer`.
+`samples_mix_floor` and `buffer_mix_floor` split a set's distance in two: they are the distance of
+training images drawn with that set's mix of predicted classes (one image of class c for each sample
+the classifier calls c), so they are what the class mix alone costs, and the rest of the set's
+distance is what its images lack against real ones.
 """
 from __future__ import annotations
 
@@ -133,6 +137,19 @@ def _rows(x: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tenso
     return x[torch.randperm(len(x), generator=generator)[:rows]]
 
 
+def mix_matched_rows(labels: torch.Tensor, predicted: torch.Tensor, classes: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """For each entry c of `predicted`, the index of a random row whose label is c (drawn with
+    replacement): rows of the labelled split with `predicted`'s class mix, row for row."""
+    counts = torch.bincount(labels, minlength=classes)
+    missing = sorted(set(predicted.unique().tolist()) - set(counts.nonzero().flatten().tolist()))
+    if missing:
+        raise ValueError(f"labels has no row of predicted class(es) {missing}")
+    starts = counts.cumsum(0) - counts
+    offset = (torch.rand(len(predicted), generator=generator, dtype=torch.float64) * counts[predicted]).long()
+    return torch.argsort(labels, stable=True)[starts[predicted] + offset.minimum(counts[predicted] - 1)]
+
+
 def fid_report(trainer: GEDITrainer, rows: int | None = None, recipe: ClassifierRecipe | None = None,
                cache: pathlib.Path | None = None) -> dict[str, object]:
     """The `fid` entry of a run's metrics.json (see the module docstring). `samples` and `buffer` are
@@ -151,7 +168,8 @@ def fid_report(trainer: GEDITrainer, rows: int | None = None, recipe: Classifier
         "rows": rows, "reference": "test split", "accuracy": accuracy, "classifier": str(path),
         "floor": metrics.frechet_distance(features(_rows(dataset.train_x, rows, generator)), reference),
         "noise": metrics.frechet_distance(features(noise), reference),
-        "samples": None, "buffer": None, "samples_coverage": None, "buffer_coverage": None}
+        "samples": None, "buffer": None, "samples_coverage": None, "buffer_coverage": None,
+        "samples_mix_floor": None, "buffer_mix_floor": None}
     sampler = trainer.sampler
     if sampler is None:
         return report
@@ -162,5 +180,7 @@ def fid_report(trainer: GEDITrainer, rows: int | None = None, recipe: Classifier
         report[name] = metrics.frechet_distance(features(images), reference)
         predicted = _in_batches(classifier, images.detach().float().cpu()).argmax(1)
         report[f"{name}_coverage"] = metrics.class_coverage(predicted, dataset.num_classes)
+        matched = mix_matched_rows(dataset.train_y, predicted, dataset.num_classes, generator)
+        report[f"{name}_mix_floor"] = metrics.frechet_distance(features(dataset.train_x[matched]), reference)
     report["sampler_steps"] = sampler.config.steps
     return report
