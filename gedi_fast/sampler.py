@@ -17,7 +17,7 @@ from torch import nn
 
 from gedi_fast.ops.sgld import SGLDChainStep, buffer_draw
 from gedi_fast.precision import tf32_state
-from gedi_fast.reference import energy, energy_grad, gaussian_from_uniform
+from gedi_fast.reference import energy, energy_grad, gaussian_from_uniform, mixture_from_uniform
 from gedi_fast.rng import call_key, mix32
 from gedi_fast.validation import (
     SAMPLE_DTYPES,
@@ -29,7 +29,7 @@ from gedi_fast.validation import (
 )
 
 STATE_KEYS = ("buffer", "calls", "seed")
-STARTS = ("uniform", "gaussian")
+STARTS = ("uniform", "gaussian", "mixture")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,9 @@ class SGLDConfig:
 
     start "gaussian": fresh rows (and the first buffer) are drawn from a Gaussian fitted to the data
     (SGLDSampler's `start`, reference.fit_gaussian_start) instead of uniform noise, clamped to
-    [init_low, init_high]: chains that begin with the data's mean and pixel correlations.
+    [init_low, init_high]: chains that begin with the data's mean and pixel correlations. start
+    "mixture": from a mixture of Gaussians fitted to groups of the data (reference.fit_mixture_start),
+    so fresh chains begin in the shape of one group or another rather than in their blurred average.
     """
 
     steps: int = 20
@@ -97,7 +99,8 @@ class SGLDSampler:
     `graphed` says whether sample() replays a graph.
 
     start: with config.start "gaussian", the (mean, factor) fresh chains are drawn from, e.g.
-    reference.fit_gaussian_start(training inputs); kept in state_dict so a restored run goes on alike.
+    reference.fit_gaussian_start(training inputs); with "mixture", the (weights, means, factors) of
+    reference.fit_mixture_start; kept in state_dict so a restored run goes on alike.
     """
 
     def __init__(
@@ -109,7 +112,7 @@ class SGLDSampler:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         graph: bool | str = "auto",
-        start: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: tuple[torch.Tensor, ...] | None = None,
     ) -> None:
         if not isinstance(config, SGLDConfig):
             raise TypeError(f"config must be an SGLDConfig, got {type(config).__name__}")
@@ -135,28 +138,41 @@ class SGLDSampler:
         self.start = self._checked_start(start, tuple(input_shape))
         self.reseed(seed)
 
-    def _checked_start(self, start: object, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(mean, factor) on the buffer's device and dtype when config.start is "gaussian", else None."""
-        if self.config.start == "uniform":
+    def _checked_start(self, start: object, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, ...] | None:
+        """start on the buffer's device and dtype, its shapes checked against config.start: (mean, factor)
+        for "gaussian", (weights, means, factors) for "mixture", None for "uniform"."""
+        kind = self.config.start
+        if kind == "uniform":
             if start is not None:
                 raise ValueError("start (a fitted Gaussian) is given but config.start is 'uniform'; "
-                                 "pass SGLDConfig(start='gaussian') to use it")
+                                 "pass SGLDConfig(start='gaussian') or start='mixture' to use it")
             return None
         features = math.prod(input_shape)
-        if (not isinstance(start, (tuple, list)) or len(start) != 2 or not all(isinstance(t, torch.Tensor) for t in start)
-                or tuple(start[0].shape) != (features,) or tuple(start[1].shape) != (features, features)):
-            raise ValueError(f"config.start 'gaussian' needs start = (mean, factor) of shapes ({features},) and "
-                             f"({features}, {features}), e.g. reference.fit_gaussian_start(training inputs)")
+        parts = len(start) if isinstance(start, (tuple, list)) else 0
+        components = start[0].shape[0] if parts == 3 and isinstance(start[0], torch.Tensor) and start[0].dim() == 1 else 1
+        shapes = {"gaussian": [(features,), (features, features)],
+                  "mixture": [(components,), (components, features), (components, features, features)]}[kind]
+        if (parts != len(shapes) or not all(isinstance(t, torch.Tensor) for t in start)
+                or [tuple(t.shape) for t in start] != shapes):
+            needed = {"gaussian": f"(mean, factor) of shapes ({features},) and ({features}, {features}), e.g. "
+                                  f"reference.fit_gaussian_start(training inputs)",
+                      "mixture": f"(weights, means, factors) of shapes (K,), (K, {features}) and (K, {features}, "
+                                 f"{features}), e.g. reference.fit_mixture_start(training inputs, K)"}[kind]
+            raise ValueError(f"config.start {kind!r} needs start = {needed}")
         if not all(bool(torch.isfinite(t).all()) for t in start):
-            raise ValueError("start (mean, factor) must be finite")
+            raise ValueError(f"start {'(mean, factor)' if kind == 'gaussian' else '(weights, means, factors)'} "
+                             f"must be finite")
+        if kind == "mixture" and not (bool((start[0] >= 0).all()) and float(start[0].sum()) > 0):
+            raise ValueError("start's weights must be non-negative with a positive sum")
         return tuple(t.to(self.buffer.device, self.buffer.dtype) for t in start)
 
     def _fresh(self, uniform: torch.Tensor) -> torch.Tensor:
         """Fresh chain starts from rows of U[init_low, init_high) noise: those rows, or with a Gaussian
-        start the Gaussian rows made from them."""
+        (mixture) start the rows made from them."""
         if self.start is None:
             return uniform
-        return gaussian_from_uniform(uniform, self.config.init_low, self.config.init_high, *self.start)
+        draw = gaussian_from_uniform if len(self.start) == 2 else mixture_from_uniform
+        return draw(uniform, self.config.init_low, self.config.init_high, *self.start)
 
     @property
     def calls(self) -> int:
@@ -311,5 +327,5 @@ class SGLDSampler:
         self.seed = require_int(state["seed"], "state['seed']", minimum=0, maximum=2**63 - 1)
         self.buffer.copy_(state["buffer"])
         self._calls.fill_(calls)
-        if state.get("start") is not None:  # the fitted Gaussian it ran with, bit for bit
+        if state.get("start") is not None:  # the fitted Gaussian (mixture) it ran with, bit for bit
             self.start = self._checked_start(tuple(state["start"]), tuple(self.buffer.shape[1:]))

@@ -249,6 +249,19 @@ def test_sampling_for_the_plots_leaves_the_run_untouched(tmp_path, one_thread):
     assert torch.equal(trainer.sampler.buffer, buffer) and trainer.sampler.calls == calls
 
 
+def test_mixture_chain_starts_fit_one_component_per_cluster_and_resume_with_it(tmp_path, one_thread):
+    fashion = write_fashion(tmp_path / "fashion")
+    config = TrainConfig(dataset="fashion-mnist", data_root=str(fashion), steps=2, batch_size=8, width=4, clusters=3,
+                         stem_stride=2, sgld=dict(steps=1, buffer_size=16, start="mixture"), sgld_samples=4)
+    trainer = GEDITrainer(config, tmp_path / "run")
+    weights, means, factors = trainer.sampler.start
+    assert weights.shape == (3,) and means.shape == (3, 784) and factors.shape == (3, 784, 784)
+    torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+    trainer.train()
+    resumed = GEDITrainer.resume(tmp_path / "run")
+    assert all(torch.equal(a, b) for a, b in zip(resumed.sampler.start, trainer.sampler.start))
+
+
 @needs_mlxtend
 def test_eval_ood_of_another_shape_is_a_clear_error(tmp_path, capsys, one_thread):
     cifar = tmp_path / "cifar" / "cifar-10-batches-py"

@@ -336,6 +336,82 @@ def test_gaussian_start_chain_is_the_reference_draw_then_the_transform(reinit_pr
         assert fresh.any() or reinit_prob < 1
 
 
+def blob_data(counts=(13, 40, 7), features: int = 5, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Rows from well-separated Gaussian blobs (counts rows each) as 1 x 1 x features images; the blobs' rows."""
+    generator = torch.Generator().manual_seed(seed)
+    blobs = [torch.full((features,), 0.6 * (b - 1), dtype=torch.float64)
+             + 0.02 * torch.randn(n, features, generator=generator, dtype=torch.float64) for b, n in enumerate(counts)]
+    rows = torch.cat(blobs)[torch.randperm(sum(counts), generator=generator)]
+    return rows.reshape(-1, 1, 1, features), blobs
+
+
+def test_mixture_start_fit_finds_the_groups_and_fits_each():
+    data, blobs = blob_data()
+    weights, means, factors = reference.fit_mixture_start(data, 3)
+    assert weights.dtype == means.dtype == factors.dtype == torch.float64
+    order = means[:, 0].argsort()  # the blobs lie along the diagonal, in order
+    torch.testing.assert_close(weights[order], torch.tensor([13, 40, 7], dtype=torch.float64) / 60)
+    for j, blob in zip(order.tolist(), blobs):
+        torch.testing.assert_close(means[j], blob.mean(0))
+        torch.testing.assert_close(factors[j] @ factors[j].T, torch.cov(blob.T))
+    one = reference.fit_mixture_start(data, 1)
+    for got, expected in zip(one[1:], reference.fit_gaussian_start(data)):
+        torch.testing.assert_close(got[0], expected)
+    with pytest.raises(ValueError, match="components must be between 1 and the number of rows \\(60\\), got 61"):
+        reference.fit_mixture_start(data, 61)
+
+
+def test_mixture_draw_picks_components_by_weight_and_draws_each_from_its_gaussian():
+    """Float64: the share of rows per component matches the weights, and within each component the
+    standardised draw, the last element (whose uniform also made the choice) among them, is N(0, 1)."""
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    means = torch.tensor([[-0.6] * 4, [0.0] * 4, [0.6] * 4], dtype=torch.float64)
+    factors = torch.stack([torch.eye(4, dtype=torch.float64) * s for s in (0.01, 0.02, 0.03)])
+    u = torch.rand(40001, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    rows = reference.mixture_from_uniform(u, -1.0, 1.0, weights, means, factors).reshape(-1, 4)
+    component = (rows[:, :1] - means[:, 0]).abs().argmin(1)
+    torch.testing.assert_close(torch.bincount(component).double() / len(rows), weights, rtol=0, atol=0.01)
+    for j in range(3):
+        z = (rows[component == j] - means[j]) / factors[j, 0, 0]
+        torch.testing.assert_close(z.mean(0), torch.zeros(4, dtype=torch.float64), rtol=0, atol=0.04)
+        torch.testing.assert_close(z.std(0), torch.ones(4, dtype=torch.float64), rtol=0, atol=0.04)
+    single = reference.mixture_from_uniform(u[:9], -1.0, 1.0, weights[:1], means[:1], factors[:1])
+    torch.testing.assert_close(single, reference.gaussian_from_uniform(u[:9], -1.0, 1.0, means[0], factors[0]))
+    wide = reference.mixture_from_uniform(u[:50], -1.0, 1.0, weights, means * 3, factors * 100)
+    assert wide.abs().max() == 1.0  # clamped to [low, high]
+
+
+def test_mixture_start_chain_is_the_reference_draw_then_the_mixture_and_survives_state():
+    data, _ = blob_data(counts=(30, 11, 19), features=3)
+    start = reference.fit_mixture_start(data, 3)
+    config = SGLDConfig(steps=0, buffer_size=17, reinit_prob=0.6, start="mixture")
+    sampler = SGLDSampler((1, 1, 3), config, seed=9, start=start)
+    buffer = sampler.buffer.clone()
+    identity = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    for calls in range(3):
+        indices = expected_indices(9, calls, 13, config.buffer_size)
+        drawn, fresh = reference.buffer_draw(buffer, indices, 0.6, -1.0, 1.0, seed=9, offset=calls)
+        made = reference.mixture_from_uniform(drawn, -1.0, 1.0, *(t.float() for t in start))
+        expected = torch.where(fresh.view(-1, 1, 1, 1), made, drawn)
+        got = sampler.sample(identity, 13)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        buffer[indices] = got
+    state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in sampler.state_dict().items()}
+    expected = sampler.sample(identity, 8)
+    other = SGLDSampler((1, 1, 3), config, seed=0, start=tuple(t[:1] for t in start))
+    other.load_state_dict(state)
+    assert len(other.start[0]) == 3 and torch.equal(other.sample(identity, 8), expected)
+    assert torch.equal(sampler.fork(5).sample(identity, 8), sampler.fork(5).sample(identity, 8))
+    with pytest.raises(ValueError, match="needs start = \\(weights, means, factors\\) of shapes \\(K,\\), \\(K, 3\\)"):
+        SGLDSampler((1, 1, 3), config, start=start[1:])
+    with pytest.raises(ValueError, match="needs start = \\(weights, means, factors\\)"):
+        SGLDSampler((1, 1, 4), config, start=start)
+    with pytest.raises(ValueError, match="weights must be non-negative with a positive sum"):
+        SGLDSampler((1, 1, 3), config, start=(-start[0], *start[1:]))
+    with pytest.raises(ValueError, match="must be finite"):
+        SGLDSampler((1, 1, 3), config, start=(start[0], start[1] * float("nan"), start[2]))
+
+
 def test_gaussian_start_survives_fork_and_state_and_bad_starts_are_named():
     data, _, _ = correlated_data(rows=50)
     start = reference.fit_gaussian_start(data)

@@ -72,17 +72,82 @@ def fit_gaussian_start(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, vectors * eigenvalues.clamp_min(0).sqrt()
 
 
+def _normal_from_uniform(flat: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Standard normals from U[low, high) by the inverse CDF, z = sqrt(2) erfinv(2p - 1) with
+    p = (u - low) / (high - low) kept within [2^-24, 1 - 2^-24] (so |z| < 5.4)."""
+    p = ((flat - low) / (high - low)).clamp(2.0**-24, 1 - 2.0**-24)
+    return torch.erfinv(2 * p - 1) * 2**0.5
+
+
 def gaussian_from_uniform(u: torch.Tensor, low: float, high: float, mean: torch.Tensor,
                           factor: torch.Tensor) -> torch.Tensor:
     """Rows of N(mean, factor factor^T) made from rows of U[low, high) noise, clamped to [low, high].
 
-    Each uniform becomes a standard normal by the inverse CDF, z = sqrt(2) erfinv(2p - 1) with
-    p = (u - low) / (high - low) kept within [2^-24, 1 - 2^-24] (so |z| < 5.4), and a row is
+    Each uniform becomes a standard normal z by the inverse CDF (_normal_from_uniform) and a row is
     mean + factor z. In float32 (float64 for float64 u), returned in u's dtype.
     """
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     flat = u.reshape(u.shape[0], -1).to(compute)
-    p = ((flat - low) / (high - low)).clamp(2.0**-24, 1 - 2.0**-24)
-    z = torch.erfinv(2 * p - 1) * 2**0.5
-    rows = mean.to(compute) + z @ factor.to(compute).T
+    rows = mean.to(compute) + _normal_from_uniform(flat, low, high) @ factor.to(compute).T
+    return rows.clamp(low, high).reshape(u.shape).to(u.dtype)
+
+
+def kmeans_groups(rows: torch.Tensor, groups: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
+    """Each row's group (0 .. groups - 1) after k-means++ seeding (from `seed`) and `iterations` Lloyd
+    steps on the Euclidean distance; a centre left without rows keeps its place."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = rows[torch.randint(len(rows), (1,), generator=generator)]
+    for _ in range(1, groups):
+        nearest = torch.cdist(rows, centres).amin(1) ** 2
+        centres = torch.cat([centres, rows[torch.multinomial(nearest / nearest.sum(), 1, generator=generator)]])
+    for _ in range(iterations):
+        group = torch.cdist(rows, centres).argmin(1)
+        centres = torch.stack([rows[group == g].mean(0) if bool((group == g).any()) else centres[g]
+                               for g in range(groups)])
+    return torch.cdist(rows, centres).argmin(1)
+
+
+def fit_mixture_start(data: torch.Tensor, components: int,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weights, means, factors) of a Gaussian mixture fitted to data's rows, in float64: k-means
+    groups them (kmeans_groups on float32 rows, from `seed`), each non-empty group gets its share of the
+    rows as weight and fit_gaussian_start's mean and factor.
+
+    Chain starts spread over the data's modes: one Gaussian's draws are blurred averages of every
+    class, from which short chains reach the classes nearest that average; a draw from a group's
+    Gaussian already has its group's shape."""
+    rows = data.reshape(data.shape[0], -1).to(torch.float64)
+    if not 1 <= components <= len(rows):
+        raise ValueError(f"components must be between 1 and the number of rows ({len(rows)}), got {components}")
+    group = kmeans_groups(rows.float(), components, seed=seed)
+    kept = [g for g in range(components) if bool((group == g).any())]
+    fits = [fit_gaussian_start(rows[group == g]) for g in kept]
+    weights = torch.stack([(group == g).sum() for g in kept]).to(torch.float64) / len(rows)
+    return weights, torch.stack([fit[0] for fit in fits]), torch.stack([fit[1] for fit in fits])
+
+
+def mixture_from_uniform(u: torch.Tensor, low: float, high: float, weights: torch.Tensor, means: torch.Tensor,
+                         factors: torch.Tensor) -> torch.Tensor:
+    """Rows of the mixture sum_j weights_j N(means_j, factors_j factors_j^T) made from rows of
+    U[low, high) noise, clamped to [low, high].
+
+    A row's last uniform, as p in [0, 1), picks component j where it falls among the cumulative weights
+    and, stretched back over [0, 1) within j's share, is the row's last uniform for the draw; so one
+    row of noise makes both the choice and the draw, and the choice is independent of the row's draw.
+    Every component is computed for every row and the row's own kept (no data-dependent shapes: safe
+    inside a CUDA graph). In float32 (float64 for float64 u), returned in u's dtype.
+    """
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    flat = u.reshape(u.shape[0], -1).to(compute)
+    cumulative = weights.to(compute).cumsum(0)
+    cumulative = cumulative / cumulative[-1]
+    last = ((flat[:, -1] - low) / (high - low)).clamp(0, 1)
+    component = torch.searchsorted(cumulative, last.contiguous(), right=True).clamp_max(len(weights) - 1)
+    share = cumulative[component] - torch.cat([cumulative.new_zeros(1), cumulative[:-1]])[component]
+    stretched = ((last - (cumulative[component] - share)) / share).clamp(0, 1)
+    flat = torch.cat([flat[:, :-1], (low + stretched * (high - low)).unsqueeze(1)], 1)
+    z = _normal_from_uniform(flat, low, high)
+    rows = torch.zeros_like(z)
+    for j in range(len(weights)):
+        rows = torch.where((component == j).unsqueeze(1), means[j].to(compute) + z @ factors[j].to(compute).T, rows)
     return rows.clamp(low, high).reshape(u.shape).to(u.dtype)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from gedi_fast.loss import GEDILoss
 from gedi_fast.precision import resolve_memory_format, resolve_precision, tf32_switches
-from gedi_fast.reference import fit_gaussian_start
+from gedi_fast.reference import fit_gaussian_start, fit_mixture_start
 from gedi_fast.sampler import SGLDSampler
 from gedi_fast.train import checkpoint, launch, metrics, seeds
 from gedi_fast.train.augment import AUGMENTATIONS
@@ -105,7 +105,8 @@ class GEDITrainer:
         self.sampler = None
         if config.gen_weight != 0 or config.energy_reg != 0:
             sgld = config.sgld_config(self.dataset.sgld)
-            start = fit_gaussian_start(self.dataset.train_x) if sgld.start == "gaussian" else None
+            start = {"uniform": lambda: None, "gaussian": lambda: fit_gaussian_start(self.dataset.train_x),
+                     "mixture": lambda: fit_mixture_start(self.dataset.train_x, self.clusters)}[sgld.start]()
             self.sampler = SGLDSampler(self.dataset.input_shape, sgld, config.temperature, self.sampler_seed(),
                                        self.device, graph="auto" if config.cuda_graph else False, start=start)
         if config.compile_step and self.world_size > 1:
