@@ -17,13 +17,13 @@ gen clustered on MNIST-5k); both scaled keep the same balance between the two (e
 training images (sgld_start "gaussian") rather than uniform noise: with 5 chain steps per visit the
 samples stay near where they start, and from the Gaussian they become digits a person names (FID ratio
 0.14-0.19 on MNIST-5k against 0.50-0.76 from noise, 5 seeds) and cluster no worse (docs/RESULTS.md,
-"Gaussian chain starts"). Samples that look like data from the start leave gen near 0 while the
-clustering is still flat, which held MNIST-5k runs on the plateau for up to 1500 steps, so the chain and
-gen wait 300 steps (gen_delay) (docs/RESULTS.md, "Holding the generative term back"). That plateau
-itself comes from the augmentation: a fresh network's features move more under MNIST-5k's augmentation
-than between digits, two views of an image disagree, and flat outputs are the
-invariance term's best answer; so the augmentation ramps in over the first 300 steps (view_warmup),
-which keeps every run off the plateau from the first steps (docs/RESULTS.md, "Ramping the augmentation in").
+"Gaussian chain starts"). The uniform plateau that held MNIST-5k runs for up to 1500 steps comes from
+the augmentation: a fresh network's features move more under MNIST-5k's augmentation than between
+digits, two views of an image disagree, and flat outputs are the invariance term's best answer; so the
+augmentation ramps in over the first 300 steps (view_warmup), which keeps every run off the plateau
+from the first steps (docs/RESULTS.md, "Ramping the augmentation in"). With the ramp the chain and gen
+start at step 0: the 300-step wait (gen_delay) that an earlier preset used against the plateau cost
+MNIST-5k clustering once the ramp was there (docs/RESULTS.md, "The generative term from step 0").
 Vector data needs no preset: TrainConfig's defaults are measured on it.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from gedi_fast.validation import require_choice
 PRESETS: dict[str, dict[str, object]] = {
     "cpu-images": dict(width=32, stem_stride=2, batch_size=128, steps=2500, sgld_steps=5, sgld_samples=32,
                        buffer_size=5000, log_every=100, checkpoint_every=500, head_spread=2.0, lr_warmup=200,
-                       gen_weight=0.01, energy_reg=0.001, sgld_start="gaussian", gen_delay=300, view_warmup=300),
+                       gen_weight=0.01, energy_reg=0.001, sgld_start="gaussian", view_warmup=300),
     "paper-images": dict(width=64, stem_stride=1, batch_size=64, lr=1e-4, steps=50_000, sgld_steps=20,
                          sgld_samples=64, sgld_step_size=1.0, sgld_noise=0.01, buffer_size=10_000, reinit_prob=0.05,
                          log_every=200, checkpoint_every=2000),
