@@ -5,12 +5,13 @@ TF32 is off throughout, so eager and graphed runs, which launch the same kernels
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from gedi_fast import SGLDConfig, SGLDSampler
+from gedi_fast import SGLDConfig, SGLDSampler, reference
 from gedi_fast.precision import tf32_switches
 from gedi_fast.train.models import MLPClusterer, SmallResNet
 from gedi_fast.train.trainer import GEDITrainer, TrainConfig
@@ -42,6 +43,19 @@ def pair(shape: tuple[int, ...], seed: int = 3) -> tuple[SGLDSampler, SGLDSample
 
 def close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("start", ["gaussian", "mixture"])
+def test_graphed_chain_with_fitted_starts_equals_eager_chain(start):
+    """The fitted starts' transform (the mixture's choice and select among it) inside the captured graph."""
+    model, shape = model_and_shape("cnn")
+    data = torch.rand(300, *shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    fitted = reference.fit_gaussian_start(data) if start == "gaussian" else reference.fit_mixture_start(data, 4)
+    config = dataclasses.replace(CONFIG, reinit_prob=0.5, start=start)
+    eager, graphed = (SGLDSampler(shape, config, seed=5, device="cuda", graph=graph, start=fitted)
+                      for graph in (False, True))
+    for _ in range(3):
+        close(graphed.sample(model, 32), eager.sample(model, 32))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
