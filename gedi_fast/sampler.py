@@ -162,8 +162,8 @@ class SGLDSampler:
         if not all(bool(torch.isfinite(t).all()) for t in start):
             raise ValueError(f"start {'(mean, factor)' if kind == 'gaussian' else '(weights, means, factors)'} "
                              f"must be finite")
-        if kind == "mixture" and not (bool((start[0] >= 0).all()) and float(start[0].sum()) > 0):
-            raise ValueError("start's weights must be non-negative with a positive sum")
+        if kind == "mixture" and not bool((start[0] > 0).all()):
+            raise ValueError("start's weights must be positive (leave out a component that has none)")
         return tuple(t.to(self.buffer.device, self.buffer.dtype) for t in start)
 
     def _fresh(self, uniform: torch.Tensor) -> torch.Tensor:

@@ -406,8 +406,9 @@ def test_mixture_start_chain_is_the_reference_draw_then_the_mixture_and_survives
         SGLDSampler((1, 1, 3), config, start=start[1:])
     with pytest.raises(ValueError, match="needs start = \\(weights, means, factors\\)"):
         SGLDSampler((1, 1, 4), config, start=start)
-    with pytest.raises(ValueError, match="weights must be non-negative with a positive sum"):
-        SGLDSampler((1, 1, 3), config, start=(-start[0], *start[1:]))
+    for weights in (-start[0], torch.cat([start[0][:2], torch.zeros(1, dtype=start[0].dtype)])):
+        with pytest.raises(ValueError, match="weights must be positive"):
+            SGLDSampler((1, 1, 3), config, start=(weights, *start[1:]))
     with pytest.raises(ValueError, match="must be finite"):
         SGLDSampler((1, 1, 3), config, start=(start[0], start[1] * float("nan"), start[2]))
 
