@@ -18,6 +18,7 @@ from gedi_fast import reference
 from gedi_fast.cli import main
 from gedi_fast.experiments import images
 from gedi_fast.train import inference, ood, plots
+from gedi_fast.train import trainer as trainer_module
 from gedi_fast.train.augment import affine_images, grey_dilation3
 from gedi_fast.train.data import DATASET_KINDS, LOADERS, Dataset, load_dataset
 from gedi_fast.train.models import SmallResNet, build_model
@@ -249,7 +250,7 @@ def test_sampling_for_the_plots_leaves_the_run_untouched(tmp_path, one_thread):
     assert torch.equal(trainer.sampler.buffer, buffer) and trainer.sampler.calls == calls
 
 
-def test_mixture_chain_starts_fit_one_component_per_cluster_and_resume_with_it(tmp_path, one_thread):
+def test_mixture_chain_starts_fit_one_component_per_cluster_and_resume_with_it(tmp_path, monkeypatch, one_thread):
     fashion = write_fashion(tmp_path / "fashion")
     config = TrainConfig(dataset="fashion-mnist", data_root=str(fashion), steps=2, batch_size=8, width=4, clusters=3,
                          stem_stride=2, sgld=dict(steps=1, buffer_size=16, start="mixture"), sgld_samples=4)
@@ -258,7 +259,8 @@ def test_mixture_chain_starts_fit_one_component_per_cluster_and_resume_with_it(t
     assert weights.shape == (3,) and means.shape == (3, 784) and factors.shape == (3, 784, 784)
     torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
     trainer.train()
-    resumed = GEDITrainer.resume(tmp_path / "run")
+    monkeypatch.setattr(trainer_module, "fit_mixture_start", lambda *_: pytest.fail("the mixture was fitted again"))
+    resumed = GEDITrainer.resume(tmp_path / "run")  # takes the checkpoint's mixture
     assert all(torch.equal(a, b) for a, b in zip(resumed.sampler.start, trainer.sampler.start))
 
 

@@ -64,7 +64,10 @@ class GEDITrainer:
     checkpoints use it); `ddp` is its DistributedDataParallel wrapper for the training forward, or None.
     """
 
-    def __init__(self, config: TrainConfig, out: str | pathlib.Path, dataset: Dataset | None = None) -> None:
+    def __init__(self, config: TrainConfig, out: str | pathlib.Path, dataset: Dataset | None = None,
+                 sampler_start: tuple[torch.Tensor, ...] | list[torch.Tensor] | None = None) -> None:
+        """sampler_start: the fitted chain start a checkpoint holds (resume passes it), so a continued
+        run does not fit it to the training images again (seconds for a Gaussian mixture)."""
         self.config = config
         self.out = pathlib.Path(out)
         self.rank, self.world_size = launch.rank_and_world_size()
@@ -105,8 +108,12 @@ class GEDITrainer:
         self.sampler = None
         if config.gen_weight != 0 or config.energy_reg != 0:
             sgld = config.sgld_config(self.dataset.sgld)
-            start = {"uniform": lambda: None, "gaussian": lambda: fit_gaussian_start(self.dataset.train_x),
-                     "mixture": lambda: fit_mixture_start(self.dataset.train_x, self.clusters)}[sgld.start]()
+            if sampler_start is not None or sgld.start == "uniform":
+                start = None if sampler_start is None else tuple(sampler_start)
+            elif sgld.start == "gaussian":
+                start = fit_gaussian_start(self.dataset.train_x)
+            else:
+                start = fit_mixture_start(self.dataset.train_x, self.clusters)
             self.sampler = SGLDSampler(self.dataset.input_shape, sgld, config.temperature, self.sampler_seed(),
                                        self.device, graph="auto" if config.cuda_graph else False, start=start)
         if config.compile_step and self.world_size > 1:
@@ -506,7 +513,8 @@ class GEDITrainer:
         fixed = sorted(set(changes) - set(RESUME_CHANGEABLE))
         if fixed:
             raise ValueError(f"a resumed run keeps its {', '.join(fixed)}; only {', '.join(RESUME_CHANGEABLE)} may change")
-        trainer = cls(config.with_settings(**changes), out, dataset)
+        saved_start = ((state.get("samplers") or [None])[0] or {}).get("start")  # every rank fits the same start
+        trainer = cls(config.with_settings(**changes), out, dataset, sampler_start=saved_start)
         trainer.load_state_dict(state)
         return trainer
 
