@@ -17,7 +17,7 @@ from torch import nn
 
 from gedi_fast.ops.sgld import SGLDChainStep, buffer_draw
 from gedi_fast.precision import tf32_state
-from gedi_fast.reference import energy, energy_grad, gaussian_from_uniform, mixture_from_uniform
+from gedi_fast.reference import copula_from_uniform, energy, energy_grad, gaussian_from_uniform, mixture_from_uniform
 from gedi_fast.rng import call_key, mix32
 from gedi_fast.validation import (
     SAMPLE_DTYPES,
@@ -29,7 +29,8 @@ from gedi_fast.validation import (
 )
 
 STATE_KEYS = ("buffer", "calls", "seed")
-STARTS = ("uniform", "gaussian", "mixture")
+STARTS = ("uniform", "gaussian", "mixture", "copula")
+DRAWS = {"gaussian": gaussian_from_uniform, "mixture": mixture_from_uniform, "copula": copula_from_uniform}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class SGLDConfig:
     [init_low, init_high]: chains that begin with the data's mean and pixel correlations. start
     "mixture": from a mixture of Gaussians fitted to groups of the data (reference.fit_mixture_start),
     so fresh chains begin in the shape of one group or another rather than in their blurred average.
+    start "copula": from the Gaussian copula fitted to the data (reference.fit_copula_start): each
+    feature keeps its own distribution (a pixel's brightness, a black background's share) and the
+    features the Gaussian's correlations.
     """
 
     steps: int = 20
@@ -100,7 +104,8 @@ class SGLDSampler:
 
     start: with config.start "gaussian", the (mean, factor) fresh chains are drawn from, e.g.
     reference.fit_gaussian_start(training inputs); with "mixture", the (weights, means, factors) of
-    reference.fit_mixture_start; kept in state_dict so a restored run goes on alike.
+    reference.fit_mixture_start; with "copula", the (quantiles, factor) of reference.fit_copula_start;
+    kept in state_dict so a restored run goes on alike.
     """
 
     def __init__(
@@ -140,39 +145,41 @@ class SGLDSampler:
 
     def _checked_start(self, start: object, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, ...] | None:
         """start on the buffer's device and dtype, its shapes checked against config.start: (mean, factor)
-        for "gaussian", (weights, means, factors) for "mixture", None for "uniform"."""
+        for "gaussian", (weights, means, factors) for "mixture", (quantiles, factor) for "copula", None
+        for "uniform"."""
         kind = self.config.start
         if kind == "uniform":
             if start is not None:
-                raise ValueError("start (a fitted Gaussian) is given but config.start is 'uniform'; "
-                                 "pass SGLDConfig(start='gaussian') or start='mixture' to use it")
+                raise ValueError("start (a fitted start) is given but config.start is 'uniform'; pass "
+                                 "SGLDConfig(start=...) 'gaussian', 'mixture' or 'copula' to use it")
             return None
-        features = math.prod(input_shape)
+        f = math.prod(input_shape)  # features per row
         parts = len(start) if isinstance(start, (tuple, list)) else 0
-        components = start[0].shape[0] if parts == 3 and isinstance(start[0], torch.Tensor) and start[0].dim() == 1 else 1
-        shapes = {"gaussian": [(features,), (features, features)],
-                  "mixture": [(components,), (components, features), (components, features, features)]}[kind]
+        leading = start[0].shape[0] if parts and isinstance(start[0], torch.Tensor) and start[0].dim() >= 1 else 1
+        names, shapes, shown, fit = {
+            "gaussian": ("(mean, factor)", [(f,), (f, f)], f"({f},) and ({f}, {f})", "fit_gaussian_start(training inputs)"),
+            "mixture": ("(weights, means, factors)", [(leading,), (leading, f), (leading, f, f)],
+                        f"(K,), (K, {f}) and (K, {f}, {f})", "fit_mixture_start(training inputs, K)"),
+            "copula": ("(quantiles, factor)", [(leading, f), (f, f)], f"(L, {f}) and ({f}, {f})",
+                       "fit_copula_start(training inputs)"),
+        }[kind]
         if (parts != len(shapes) or not all(isinstance(t, torch.Tensor) for t in start)
                 or [tuple(t.shape) for t in start] != shapes):
-            needed = {"gaussian": f"(mean, factor) of shapes ({features},) and ({features}, {features}), e.g. "
-                                  f"reference.fit_gaussian_start(training inputs)",
-                      "mixture": f"(weights, means, factors) of shapes (K,), (K, {features}) and (K, {features}, "
-                                 f"{features}), e.g. reference.fit_mixture_start(training inputs, K)"}[kind]
-            raise ValueError(f"config.start {kind!r} needs start = {needed}")
+            raise ValueError(f"config.start {kind!r} needs start = {names} of shapes {shown}, e.g. reference.{fit}")
         if not all(bool(torch.isfinite(t).all()) for t in start):
-            raise ValueError(f"start {'(mean, factor)' if kind == 'gaussian' else '(weights, means, factors)'} "
-                             f"must be finite")
+            raise ValueError(f"start {names} must be finite")
         if kind == "mixture" and not bool((start[0] > 0).all()):
             raise ValueError("start's weights must be positive (leave out a component that has none)")
+        if kind == "copula" and (leading < 2 or not bool((start[0].diff(dim=0) >= 0).all())):
+            raise ValueError("start's quantiles need at least 2 levels, non-decreasing down each feature's column")
         return tuple(t.to(self.buffer.device, self.buffer.dtype) for t in start)
 
     def _fresh(self, uniform: torch.Tensor) -> torch.Tensor:
-        """Fresh chain starts from rows of U[init_low, init_high) noise: those rows, or with a Gaussian
-        (mixture) start the rows made from them."""
+        """Fresh chain starts from rows of U[init_low, init_high) noise: those rows, or with a fitted
+        start (DRAWS) the rows made from them."""
         if self.start is None:
             return uniform
-        draw = gaussian_from_uniform if len(self.start) == 2 else mixture_from_uniform
-        return draw(uniform, self.config.init_low, self.config.init_high, *self.start)
+        return DRAWS[self.config.start](uniform, self.config.init_low, self.config.init_high, *self.start)
 
     @property
     def calls(self) -> int:

@@ -264,6 +264,22 @@ def test_mixture_chain_starts_fit_one_component_per_cluster_and_resume_with_it(t
     assert all(torch.equal(a, b) for a, b in zip(resumed.sampler.start, trainer.sampler.start))
 
 
+def test_copula_chain_starts_fit_the_training_images_and_resume_with_them(tmp_path, monkeypatch, one_thread):
+    fashion = write_fashion(tmp_path / "fashion")
+    config = TrainConfig(dataset="fashion-mnist", data_root=str(fashion), steps=2, batch_size=8, width=4,
+                         stem_stride=2, sgld=dict(steps=1, buffer_size=16, start="copula"), sgld_samples=4)
+    trainer = GEDITrainer(config, tmp_path / "run")
+    quantiles, factor = trainer.sampler.start
+    train = trainer.dataset.train_x.reshape(len(trainer.dataset.train_x), -1)
+    assert quantiles.shape == (513, 784) and factor.shape == (784, 784)
+    torch.testing.assert_close(quantiles[0], train.amin(0))
+    torch.testing.assert_close(quantiles[-1], train.amax(0))
+    trainer.train()
+    monkeypatch.setattr(trainer_module, "fit_copula_start", lambda *_: pytest.fail("the copula was fitted again"))
+    resumed = GEDITrainer.resume(tmp_path / "run")  # takes the checkpoint's copula
+    assert all(torch.equal(a, b) for a, b in zip(resumed.sampler.start, trainer.sampler.start))
+
+
 @needs_mlxtend
 def test_eval_ood_of_another_shape_is_a_clear_error(tmp_path, capsys, one_thread):
     cifar = tmp_path / "cifar" / "cifar-10-batches-py"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -411,6 +412,87 @@ def test_mixture_start_chain_is_the_reference_draw_then_the_mixture_and_survives
             SGLDSampler((1, 1, 3), config, start=(weights, *start[1:]))
     with pytest.raises(ValueError, match="must be finite"):
         SGLDSampler((1, 1, 3), config, start=(start[0], start[1] * float("nan"), start[2]))
+
+
+def tied_data(rows: int = 301, seed: int = 0) -> torch.Tensor:
+    """Rows as 1 x 1 x 4 images: a black-background feature (about 60% exactly -1), two correlated
+    continuous ones, and a constant one."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(rows, 2, generator=generator, dtype=torch.float64)
+    ink = torch.where(z[:, 0] > 0.25, torch.tanh(z[:, 0]), torch.full_like(z[:, 0], -1.0))
+    a, b = 0.3 * z[:, 0], 0.2 * z[:, 0] + 0.1 * z[:, 1]
+    return torch.stack([ink, a, b, torch.full_like(a, 0.5)], 1).reshape(rows, 1, 1, 4)
+
+
+def test_copula_start_fit_matches_rank_correlations_and_quantiles_in_float64():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    data = tied_data()
+    quantiles, factor = reference.fit_copula_start(data, levels=65)
+    assert quantiles.dtype == factor.dtype == torch.float64 and quantiles.shape == (65, 4)
+    rows = data.reshape(len(data), -1).numpy()
+    torch.testing.assert_close(quantiles, torch.from_numpy(np.quantile(rows, np.linspace(0, 1, 65), axis=0)))
+    scores = scipy_stats.norm.ppf((scipy_stats.rankdata(rows[:, :3], method="average", axis=0) - 0.5) / len(rows))
+    expected = np.zeros((4, 4))
+    expected[:3, :3] = np.corrcoef(scores.T)  # the constant feature correlates with nothing
+    torch.testing.assert_close(factor @ factor.T, torch.from_numpy(expected))
+    for levels in (1, 2.5, True):
+        with pytest.raises(ValueError, match="levels must be an integer of at least 2"):
+            reference.fit_copula_start(data, levels=levels)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        reference.fit_copula_start(data[:1])
+
+
+def test_copula_draw_is_the_closed_form_and_keeps_each_features_distribution():
+    """Float64: a draw equals an independent evaluation (scipy's normal CDFs, numpy's interpolation);
+    over 40001 rows each feature has the data's background share and mean, the continuous pair its
+    correlation, and every value lies within the data's range (no clamp needed)."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    data = tied_data(rows=4001)
+    quantiles, factor = reference.fit_copula_start(data)
+    u = torch.rand(40001, 1, 1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    rows = reference.copula_from_uniform(u, -1.0, 1.0, quantiles, factor).reshape(-1, 4)
+    z = scipy_stats.norm.ppf(((u[:9] + 1) / 2).reshape(9, 4).numpy()) @ factor.numpy().T
+    levels = np.linspace(0, 1, len(quantiles))
+    expected = np.stack([np.interp(scipy_stats.norm.cdf(z[:, j]), levels, quantiles[:, j].numpy()) for j in range(4)], 1)
+    torch.testing.assert_close(rows[:9], torch.from_numpy(expected))
+    source = data.reshape(len(data), -1)
+    torch.testing.assert_close((rows[:, 0] == -1).double().mean(), (source[:, 0] == -1).double().mean(), rtol=0, atol=0.01)
+    torch.testing.assert_close(rows.mean(0), source.mean(0), rtol=0, atol=0.01)
+    torch.testing.assert_close(torch.corrcoef(rows[:, 1:3].T)[0, 1], torch.corrcoef(source[:, 1:3].T)[0, 1],
+                               rtol=0, atol=0.02)
+    assert (rows >= source.amin(0)).all() and (rows <= source.amax(0)).all() and (rows[:, 3] == 0.5).all()
+    ends = reference.copula_from_uniform(torch.tensor([[-1.0, 1.0, 0.0, 0.0]]), -1.0, 1.0, quantiles, factor)
+    assert torch.isfinite(ends).all()
+
+
+def test_copula_start_chain_is_the_reference_draw_then_the_copula_and_bad_starts_are_named():
+    start = reference.fit_copula_start(tied_data(rows=99))
+    config = SGLDConfig(steps=0, buffer_size=17, reinit_prob=0.6, start="copula")
+    sampler = SGLDSampler((1, 1, 4), config, seed=9, start=start)
+    buffer = sampler.buffer.clone()
+    identity = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    for calls in range(3):
+        indices = expected_indices(9, calls, 13, config.buffer_size)
+        drawn, fresh = reference.buffer_draw(buffer, indices, 0.6, -1.0, 1.0, seed=9, offset=calls)
+        made = reference.copula_from_uniform(drawn, -1.0, 1.0, *(t.float() for t in start))
+        expected = torch.where(fresh.view(-1, 1, 1, 1), made, drawn)
+        got = sampler.sample(identity, 13)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        buffer[indices] = got
+    state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in sampler.state_dict().items()}
+    expected = sampler.sample(identity, 8)
+    other = SGLDSampler((1, 1, 4), config, seed=0, start=(start[0][:3], start[1]))
+    other.load_state_dict(state)
+    assert len(other.start[0]) == len(start[0]) and torch.equal(other.sample(identity, 8), expected)
+    with pytest.raises(ValueError, match="needs start = \\(quantiles, factor\\) of shapes \\(L, 4\\) and \\(4, 4\\)"):
+        SGLDSampler((1, 1, 4), config, start=start[:1])
+    with pytest.raises(ValueError, match="needs start = \\(quantiles, factor\\)"):
+        SGLDSampler((1, 1, 3), config, start=start)
+    for quantiles in (start[0].flip(0), start[0][:1]):
+        with pytest.raises(ValueError, match="at least 2 levels, non-decreasing"):
+            SGLDSampler((1, 1, 4), config, start=(quantiles, start[1]))
+    with pytest.raises(ValueError, match="must be finite"):
+        SGLDSampler((1, 1, 4), config, start=(start[0], start[1] * float("nan")))
 
 
 def test_gaussian_start_survives_fork_and_state_and_bad_starts_are_named():

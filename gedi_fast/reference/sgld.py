@@ -92,6 +92,52 @@ def gaussian_from_uniform(u: torch.Tensor, low: float, high: float, mean: torch.
     return rows.clamp(low, high).reshape(u.shape).to(u.dtype)
 
 
+def fit_copula_start(data: torch.Tensor, levels: int = 513) -> tuple[torch.Tensor, torch.Tensor]:
+    """(quantiles, factor) of the Gaussian copula fitted to data's rows, in float64: quantiles[i, j] is
+    feature j's quantile at i / (levels - 1) (torch.quantile's linear interpolation), and factor @
+    factor.T the correlation of the features' normal scores, Phi^-1((mid-rank + 1/2) / rows), tied
+    values sharing their mean rank.
+
+    Chain starts with each pixel's own distribution: a Gaussian's draws, clamped to the data's range,
+    are brighter than the data (the clamp lifts a black background's negative half) and have half its
+    share of black pixels, so an energy can tell them from data by their brightness; a copula draw has
+    the data's brightness and background, and the Gaussian's pixel correlations."""
+    rows = data.reshape(data.shape[0], -1).to(torch.float64)
+    if rows.shape[0] < 2:
+        raise ValueError(f"data needs at least 2 rows to fit a copula, got {rows.shape[0]}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels must be an integer of at least 2, got {levels!r}")
+    columns = rows.T.contiguous()
+    ordered = columns.sort(dim=1).values
+    first = torch.searchsorted(ordered, columns, right=False).to(torch.float64)
+    last = torch.searchsorted(ordered, columns, right=True).to(torch.float64) - 1
+    scores = torch.special.ndtri(((first + last) / 2 + 0.5) / rows.shape[0]).T
+    spread = scores.std(0)
+    standard = torch.where(spread > 0, (scores - scores.mean(0)) / spread.clamp_min(1e-300), 0.0)
+    _, factor = fit_gaussian_start(standard)
+    quantiles = torch.quantile(rows, torch.linspace(0, 1, levels, dtype=torch.float64), dim=0)
+    return quantiles, factor
+
+
+def copula_from_uniform(u: torch.Tensor, low: float, high: float, quantiles: torch.Tensor,
+                        factor: torch.Tensor) -> torch.Tensor:
+    """Rows of the Gaussian copula (quantiles, factor) made from rows of U[low, high) noise.
+
+    z = factor (standard normals of the row's uniforms, _normal_from_uniform) has standard normal
+    features with the fitted correlations; feature j is then quantiles[:, j] read at Phi(z_j), linearly
+    between levels, so it has feature j's distribution and stays within the data's range. In float32
+    (float64 for float64 u), returned in u's dtype.
+    """
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    flat = u.reshape(u.shape[0], -1).to(compute)
+    z = _normal_from_uniform(flat, low, high) @ factor.to(compute).T
+    position = torch.special.ndtr(z) * (quantiles.shape[0] - 1)
+    below = position.floor().long().clamp(0, quantiles.shape[0] - 2)
+    table = quantiles.to(compute)
+    lower, upper = table.gather(0, below), table.gather(0, below + 1)
+    return (lower + (position - below) * (upper - lower)).reshape(u.shape).to(u.dtype)
+
+
 def kmeans_groups(rows: torch.Tensor, groups: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
     """Each row's group (0 .. groups - 1) after k-means++ seeding (from `seed`) and `iterations` Lloyd
     steps on the Euclidean distance; a centre left without rows keeps its place."""

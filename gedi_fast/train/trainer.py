@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from gedi_fast.loss import GEDILoss
 from gedi_fast.precision import resolve_memory_format, resolve_precision, tf32_switches
-from gedi_fast.reference import fit_gaussian_start, fit_mixture_start
+from gedi_fast.reference import fit_copula_start, fit_gaussian_start, fit_mixture_start
 from gedi_fast.sampler import SGLDSampler
 from gedi_fast.train import checkpoint, launch, metrics, seeds
 from gedi_fast.train.augment import AUGMENTATIONS
@@ -112,8 +112,10 @@ class GEDITrainer:
                 start = None if sampler_start is None else tuple(sampler_start)
             elif sgld.start == "gaussian":
                 start = fit_gaussian_start(self.dataset.train_x)
-            else:
+            elif sgld.start == "mixture":
                 start = fit_mixture_start(self.dataset.train_x, self.clusters)
+            else:
+                start = fit_copula_start(self.dataset.train_x)
             self.sampler = SGLDSampler(self.dataset.input_shape, sgld, config.temperature, self.sampler_seed(),
                                        self.device, graph="auto" if config.cuda_graph else False, start=start)
         if config.compile_step and self.world_size > 1:
