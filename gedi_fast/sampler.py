@@ -17,7 +17,15 @@ from torch import nn
 
 from gedi_fast.ops.sgld import SGLDChainStep, buffer_draw
 from gedi_fast.precision import tf32_state
-from gedi_fast.reference import copula_from_uniform, energy, energy_grad, gaussian_from_uniform, mixture_from_uniform
+from gedi_fast.reference import (
+    copula_from_uniform,
+    darken_rows,
+    energy,
+    energy_grad,
+    gaussian_from_uniform,
+    mixture_from_uniform,
+    split_last_uniform,
+)
 from gedi_fast.rng import call_key, mix32
 from gedi_fast.validation import (
     SAMPLE_DTYPES,
@@ -44,7 +52,9 @@ class SGLDConfig:
     so fresh chains begin in the shape of one group or another rather than in their blurred average.
     start "copula": from the Gaussian copula fitted to the data (reference.fit_copula_start): each
     feature keeps its own distribution (a pixel's brightness, a black background's share) and the
-    features the Gaussian's correlations.
+    features the Gaussian's correlations. darken > 0: each fresh row is then moved toward init_low by a
+    factor 1 - darken * v, v ~ U[0, 1) from the row's own last uniform (reference.split_last_uniform),
+    so some chains start dimmer and sparser than any data.
     """
 
     steps: int = 20
@@ -57,6 +67,7 @@ class SGLDConfig:
     clamp: tuple[float, float] | None = None
     grad_clamp: float | None = None  # |dE/dx| per element at most this before the step (None: no limit)
     start: str = "uniform"
+    darken: float = 0.0
 
     def __post_init__(self) -> None:
         require_choice(self.start, "start", STARTS)
@@ -65,6 +76,7 @@ class SGLDConfig:
         require_real(self.noise_std, "noise_std", non_negative=True)
         require_int(self.buffer_size, "buffer_size", minimum=1)
         require_fraction(self.reinit_prob, "reinit_prob")
+        require_fraction(self.darken, "darken")
         if self.grad_clamp is not None:
             require_real(self.grad_clamp, "grad_clamp", positive=True)
         if require_real(self.init_low, "init_low") >= require_real(self.init_high, "init_high"):
@@ -176,10 +188,13 @@ class SGLDSampler:
 
     def _fresh(self, uniform: torch.Tensor) -> torch.Tensor:
         """Fresh chain starts from rows of U[init_low, init_high) noise: those rows, or with a fitted
-        start (DRAWS) the rows made from them."""
-        if self.start is None:
-            return uniform
-        return DRAWS[self.config.start](uniform, self.config.init_low, self.config.init_high, *self.start)
+        start (DRAWS) the rows made from them; with config.darken, each darkened by its own factor."""
+        low, high, darken = self.config.init_low, self.config.init_high, self.config.darken
+        fraction = None
+        if darken:
+            uniform, fraction = split_last_uniform(uniform, low, high)
+        rows = uniform if self.start is None else DRAWS[self.config.start](uniform, low, high, *self.start)
+        return rows if fraction is None else darken_rows(rows, low, fraction, darken)
 
     @property
     def calls(self) -> int:

@@ -3,6 +3,7 @@ draws exactly the documented counter stream (the CPU lane of the graphed chain: 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from gedi_fast import SGLDConfig, SGLDSampler, buffer_draw, reference, sgld_step_
 from gedi_fast import sampler as sampler_module
 from gedi_fast.reference import energy_grad
+from gedi_fast.reference.sgld import SPLIT_LEVELS
 from gedi_fast.rng import call_key, mix32
 from gedi_fast.train.models import MLPClusterer
 
@@ -493,6 +495,48 @@ def test_copula_start_chain_is_the_reference_draw_then_the_copula_and_bad_starts
             SGLDSampler((1, 1, 4), config, start=(quantiles, start[1]))
     with pytest.raises(ValueError, match="must be finite"):
         SGLDSampler((1, 1, 4), config, start=(start[0], start[1] * float("nan")))
+
+
+def test_split_last_uniform_makes_two_independent_uniforms_in_float64():
+    u = torch.rand(200001, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    split, fraction = reference.split_last_uniform(u, -1.0, 1.0)
+    assert torch.equal(split[:, :2], u[:, :2]) and split.dtype == torch.float64
+    last = (split[:, 2] + 1) / 2
+    assert (fraction >= 0).all() and (fraction < 1).all() and (last >= 0).all() and (last <= 1).all()
+    torch.testing.assert_close(fraction + last / SPLIT_LEVELS, (u[:, 2] + 1) / 2)  # nothing lost
+    for v in (fraction, last):
+        torch.testing.assert_close(torch.histc(v, 10, 0, 1) / len(v), torch.full((10,), 0.1, dtype=torch.float64),
+                                   rtol=0, atol=0.003)
+    assert abs(float(torch.corrcoef(torch.stack([fraction, last]))[0, 1])) < 0.01
+
+
+def test_darkened_chain_starts_are_the_reference_draw_then_each_rows_factor():
+    """Fresh rows: split the last uniform, draw the start from the rest, move the row toward init_low by
+    1 - darken * fraction; kept rows untouched; darken 0 is the plain start."""
+    start = reference.fit_copula_start(tied_data(rows=99))
+    config = SGLDConfig(steps=0, buffer_size=17, reinit_prob=0.6, start="copula", darken=0.7)
+    sampler = SGLDSampler((1, 1, 4), config, seed=9, start=start)
+    buffer = sampler.buffer.clone()
+    identity = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    for calls in range(3):
+        indices = expected_indices(9, calls, 13, config.buffer_size)
+        drawn, fresh = reference.buffer_draw(buffer, indices, 0.6, -1.0, 1.0, seed=9, offset=calls)
+        split, fraction = reference.split_last_uniform(drawn, -1.0, 1.0)
+        made = -1 + (1 - 0.7 * fraction).view(-1, 1, 1, 1) * (
+            reference.copula_from_uniform(split, -1.0, 1.0, *(t.float() for t in start)) + 1)
+        expected = torch.where(fresh.view(-1, 1, 1, 1), made, drawn)
+        got = sampler.sample(identity, 13)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        buffer[indices] = got
+    plain = SGLDSampler((1, 1, 4), dataclasses.replace(config, darken=0.0), seed=9, start=start)
+    darker = SGLDSampler((1, 1, 4), dataclasses.replace(config, darken=1.0), seed=9, start=start)
+    assert plain.buffer.mean() > sampler.buffer.mean() > darker.buffer.mean() >= -1
+    uniform = SGLDSampler((1, 1, 4), SGLDConfig(steps=0, buffer_size=4000, darken=0.5), seed=1)
+    ink = (uniform.buffer.reshape(4000, 4) + 1).mean(1)  # plain U(-1, 1) rows: mean 1 above low
+    torch.testing.assert_close(ink.mean(), torch.tensor(0.75), rtol=0, atol=0.03)  # E[1 - 0.5 v] = 0.75
+    for darken in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="darken"):
+            SGLDConfig(darken=darken)
 
 
 def test_gaussian_start_survives_fork_and_state_and_bad_starts_are_named():

@@ -31,19 +31,21 @@ from gedi_fast.reference.logits import compute_dtype, energy, energy_grad, scale
 from gedi_fast.reference.sgld import (
     buffer_draw,
     copula_from_uniform,
+    darken_rows,
     fit_copula_start,
     fit_gaussian_start,
     fit_mixture_start,
     gaussian_from_uniform,
     mixture_from_uniform,
     sgld_step,
+    split_last_uniform,
 )
 from gedi_fast.reference.sinkhorn import sinkhorn_knopp
 from gedi_fast.rng import philox4x32_10, philox_normal
 
 __all__ = [
     "ASSIGNMENTS", "DIAGNOSTIC_NAMES", "FORMS", "TERM_NAMES", "TERM_VECTOR", "assignment_targets", "batch_sums", "buffer_draw",
-    "compute_dtype", "copula_from_uniform", "energy", "energy_grad", "fit_copula_start", "fit_gaussian_start", "fit_mixture_start", "gaussian_from_uniform", "gedi_gradients", "gedi_statistics", "gedi_terms", "mixture_from_uniform", "philox4x32_10",
-    "queue_columns", "philox_normal", "scaled_log_softmax", "sgld_step", "sinkhorn_knopp", "terms_from_statistics", "terms_from_sums",
+    "compute_dtype", "copula_from_uniform", "darken_rows", "energy", "energy_grad", "fit_copula_start", "fit_gaussian_start", "fit_mixture_start", "gaussian_from_uniform", "gedi_gradients", "gedi_statistics", "gedi_terms", "mixture_from_uniform", "philox4x32_10",
+    "queue_columns", "philox_normal", "scaled_log_softmax", "sgld_step", "sinkhorn_knopp", "split_last_uniform", "terms_from_statistics", "terms_from_sums",
     "weighted_loss", "with_queue",
 ]

@@ -138,6 +138,29 @@ def copula_from_uniform(u: torch.Tensor, low: float, high: float, quantiles: tor
     return (lower + (position - below) * (upper - lower)).reshape(u.shape).to(u.dtype)
 
 
+SPLIT_LEVELS = 4096  # the last uniform's bins: the factor's levels, and the draw keeps 12 fewer bits of it
+
+
+def split_last_uniform(u: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u with each row's last uniform stretched back over [low, high) within its bin, the bin / bins) of
+    rows of U[low, high) noise: one uniform made two, independent of each other and of the row's other
+    uniforms, so a row's own noise sets its darkening factor and still draws its start."""
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    flat = u.reshape(u.shape[0], -1).to(compute)
+    scaled = ((flat[:, -1] - low) / (high - low)).clamp(0, 1) * SPLIT_LEVELS
+    bin_ = scaled.floor().clamp_max(SPLIT_LEVELS - 1)
+    last = low + (scaled - bin_).clamp(0, 1) * (high - low)
+    return torch.cat([flat[:, :-1], last.unsqueeze(1)], 1).reshape(u.shape).to(u.dtype), bin_ / SPLIT_LEVELS
+
+
+def darken_rows(rows: torch.Tensor, low: float, fraction: torch.Tensor, darken: float) -> torch.Tensor:
+    """Each row moved toward `low` by a factor 1 - darken * fraction (fraction per row, in [0, 1)):
+    chain starts dimmer and sparser than the data, so that an energy trained against them cannot take
+    darkness for data (docs/DESIGN.md, "Where chains start")."""
+    factor = (1 - darken * fraction.to(rows.dtype)).reshape(-1, *([1] * (rows.dim() - 1)))
+    return low + factor * (rows - low)
+
+
 def kmeans_groups(rows: torch.Tensor, groups: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
     """Each row's group (0 .. groups - 1) after k-means++ seeding (from `seed`) and `iterations` Lloyd
     steps on the Euclidean distance; a centre left without rows keeps its place."""

@@ -3,7 +3,7 @@
 The SGLD chain's settings are the dataset's (Dataset.sgld: its kind's step and noise over its inputs'
 range) with the run's own on top: `TrainConfig.sgld` maps SGLDConfig field names to the values this
 run fixes, so "the dataset's choice" is a field left out. The flat names sgld_steps, sgld_step_size,
-sgld_noise, buffer_size, reinit_prob, sgld_grad_clamp and sgld_start (SGLD_SETTINGS) set those fields; None leaves one to the dataset.
+sgld_noise, buffer_size, reinit_prob, sgld_grad_clamp, sgld_start and sgld_darken (SGLD_SETTINGS) set those fields; None leaves one to the dataset.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 # Each flat setting name of the SGLD chain and the SGLDConfig field it sets.
 SGLD_SETTINGS = {"sgld_steps": "steps", "sgld_step_size": "step_size", "sgld_noise": "noise_std",
                  "buffer_size": "buffer_size", "reinit_prob": "reinit_prob", "sgld_grad_clamp": "grad_clamp",
-                 "sgld_start": "start"}
+                 "sgld_start": "start", "sgld_darken": "darken"}
 # Fields whose default changed, with the value a checkpoint saved without them ran with.
 EARLIER_DEFAULTS = {"sinkhorn_iters": 3}
 # The chain settings measured in docs/RESULTS.md; step size and noise are left to the dataset.
