@@ -45,15 +45,15 @@ def close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> No
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("start", ["gaussian", "mixture", "copula"])
-def test_graphed_chain_with_fitted_starts_equals_eager_chain(start):
+@pytest.mark.parametrize("start, darken", [("gaussian", 0.0), ("mixture", 0.0), ("copula", 0.0), ("copula", 0.7)])
+def test_graphed_chain_with_fitted_starts_equals_eager_chain(start, darken):
     """The fitted starts' transform (the mixture's choice and select among it, the copula's table
-    lookup) inside the captured graph."""
+    lookup, the darkening's split of the last uniform) inside the captured graph."""
     model, shape = model_and_shape("cnn")
     data = torch.rand(300, *shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
     fitted = {"gaussian": lambda: reference.fit_gaussian_start(data), "mixture": lambda: reference.fit_mixture_start(data, 4),
               "copula": lambda: reference.fit_copula_start(data)}[start]()
-    config = dataclasses.replace(CONFIG, reinit_prob=0.5, start=start)
+    config = dataclasses.replace(CONFIG, reinit_prob=0.5, start=start, darken=darken)
     eager, graphed = (SGLDSampler(shape, config, seed=5, device="cuda", graph=graph, start=fitted)
                       for graph in (False, True))
     for _ in range(3):
