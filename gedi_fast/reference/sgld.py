@@ -107,15 +107,25 @@ def fit_copula_start(data: torch.Tensor, levels: int = 513) -> tuple[torch.Tenso
         raise ValueError(f"data needs at least 2 rows to fit a copula, got {rows.shape[0]}")
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
         raise ValueError(f"levels must be an integer of at least 2, got {levels!r}")
-    columns = rows.T.contiguous()
-    ordered = columns.sort(dim=1).values
-    first = torch.searchsorted(ordered, columns, right=False).to(torch.float64)
-    last = torch.searchsorted(ordered, columns, right=True).to(torch.float64) - 1
-    scores = torch.special.ndtri(((first + last) / 2 + 0.5) / rows.shape[0]).T
-    spread = scores.std(0)
-    standard = torch.where(spread > 0, (scores - scores.mean(0)) / spread.clamp_min(1e-300), 0.0)
-    _, factor = fit_gaussian_start(standard)
-    quantiles = torch.quantile(rows, torch.linspace(0, 1, levels, dtype=torch.float64), dim=0)
+    n = rows.shape[0]
+    ordered, order = rows.T.contiguous().sort(dim=1)  # each feature's values in order, and where each came from
+    place = torch.arange(n).expand_as(ordered)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, place, 0).cummax(dim=1).values  # where each value's run of ties begins
+    last = torch.where(ends, place, n - 1).flip(1).cummin(dim=1).values.flip(1)  # and ends
+    # the normal score of each mid-rank (first + last) / 2, looked up rather than computed per element
+    score_of = torch.special.ndtri((torch.arange(2 * n - 1, dtype=torch.float64) / 2 + 0.5) / n)
+    scores = torch.empty_like(ordered).scatter_(1, order, score_of[first + last])  # one feature a row
+    spread = scores.std(1, keepdim=True)
+    standard = torch.where(spread > 0, (scores - scores.mean(1, keepdim=True)) / spread.clamp_min(1e-300), 0.0)
+    _, factor = fit_gaussian_start(standard.T)
+    position = torch.linspace(0, 1, levels, dtype=torch.float64) * (n - 1)  # torch.quantile's linear rule
+    below = position.floor().long().clamp_max(n - 1)
+    above = (below + 1).clamp_max(n - 1)
+    quantiles = torch.lerp(ordered[:, below], ordered[:, above], position - below).T.contiguous()
     return quantiles, factor
 
 
