@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -319,6 +320,35 @@ def test_gaussian_start_draws_from_the_fitted_distribution():
     torch.testing.assert_close(torch.cov(rows.T), true_covariance, rtol=0, atol=0.002)
 
 
+def assert_fresh_rows_are(sampler: SGLDSampler, made: Callable[[torch.Tensor], torch.Tensor]) -> torch.nn.Module:
+    """Over three 13-row calls of a 0-step chain: each fresh row is made(the draw's uniform rows) and kept
+    rows are untouched. Returns the (linear) model the calls ran, for more calls."""
+    buffer = sampler.buffer.clone()
+    config = sampler.config
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(buffer[0].numel(), 2))
+    for calls in range(3):
+        indices = expected_indices(sampler.seed, calls, 13, config.buffer_size)
+        drawn, fresh = reference.buffer_draw(buffer, indices, config.reinit_prob, config.init_low, config.init_high,
+                                             seed=sampler.seed, offset=calls)
+        expected = torch.where(fresh.view(-1, 1, 1, 1), made(drawn), drawn)
+        got = sampler.sample(model, 13)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        buffer[indices] = got
+        assert fresh.any() or config.reinit_prob < 1
+    return model
+
+
+def assert_state_restores(sampler: SGLDSampler, model: torch.nn.Module, other_start: tuple[torch.Tensor, ...]) -> None:
+    """A sampler built with another (smaller) start, loaded with `sampler`'s state, has its start and
+    continues its chain."""
+    state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in sampler.state_dict().items()}
+    expected = sampler.sample(model, 8)
+    other = SGLDSampler(tuple(sampler.buffer.shape[1:]), sampler.config, seed=0, start=other_start)
+    other.load_state_dict(state)
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(other.start, sampler.start))
+    assert torch.equal(other.sample(model, 8), expected)
+
+
 @pytest.mark.parametrize("reinit_prob", [0.4, 1.0])
 def test_gaussian_start_chain_is_the_reference_draw_then_the_transform(reinit_prob):
     """Fresh rows are the draw's uniform rows through gaussian_from_uniform; kept rows are untouched."""
@@ -326,17 +356,8 @@ def test_gaussian_start_chain_is_the_reference_draw_then_the_transform(reinit_pr
     start = reference.fit_gaussian_start(data)
     config = SGLDConfig(steps=0, buffer_size=17, reinit_prob=reinit_prob, start="gaussian")
     sampler = SGLDSampler((1, 1, 3), config, seed=9, start=start)
-    buffer = sampler.buffer.clone()
-    identity = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
-    for calls in range(3):
-        indices = expected_indices(9, calls, 13, config.buffer_size)
-        drawn, fresh = reference.buffer_draw(buffer, indices, reinit_prob, -1.0, 1.0, seed=9, offset=calls)
-        made = reference.gaussian_from_uniform(drawn, -1.0, 1.0, *(t.float() for t in start))
-        expected = torch.where(fresh.view(-1, 1, 1, 1), made, drawn)
-        got = sampler.sample(identity, 13)
-        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-        buffer[indices] = got
-        assert fresh.any() or reinit_prob < 1
+    assert_fresh_rows_are(sampler, lambda drawn: reference.gaussian_from_uniform(drawn, -1.0, 1.0,
+                                                                                 *(t.float() for t in start)))
 
 
 def blob_data(counts=(13, 40, 7), features: int = 5, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -389,21 +410,9 @@ def test_mixture_start_chain_is_the_reference_draw_then_the_mixture_and_survives
     start = reference.fit_mixture_start(data, 3)
     config = SGLDConfig(steps=0, buffer_size=17, reinit_prob=0.6, start="mixture")
     sampler = SGLDSampler((1, 1, 3), config, seed=9, start=start)
-    buffer = sampler.buffer.clone()
-    identity = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
-    for calls in range(3):
-        indices = expected_indices(9, calls, 13, config.buffer_size)
-        drawn, fresh = reference.buffer_draw(buffer, indices, 0.6, -1.0, 1.0, seed=9, offset=calls)
-        made = reference.mixture_from_uniform(drawn, -1.0, 1.0, *(t.float() for t in start))
-        expected = torch.where(fresh.view(-1, 1, 1, 1), made, drawn)
-        got = sampler.sample(identity, 13)
-        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-        buffer[indices] = got
-    state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in sampler.state_dict().items()}
-    expected = sampler.sample(identity, 8)
-    other = SGLDSampler((1, 1, 3), config, seed=0, start=tuple(t[:1] for t in start))
-    other.load_state_dict(state)
-    assert len(other.start[0]) == 3 and torch.equal(other.sample(identity, 8), expected)
+    identity = assert_fresh_rows_are(sampler, lambda drawn: reference.mixture_from_uniform(
+        drawn, -1.0, 1.0, *(t.float() for t in start)))
+    assert_state_restores(sampler, identity, other_start=tuple(t[:1] for t in start))
     assert torch.equal(sampler.fork(5).sample(identity, 8), sampler.fork(5).sample(identity, 8))
     with pytest.raises(ValueError, match="needs start = \\(weights, means, factors\\) of shapes \\(K,\\), \\(K, 3\\)"):
         SGLDSampler((1, 1, 3), config, start=start[1:])
@@ -471,21 +480,9 @@ def test_copula_start_chain_is_the_reference_draw_then_the_copula_and_bad_starts
     start = reference.fit_copula_start(tied_data(rows=99))
     config = SGLDConfig(steps=0, buffer_size=17, reinit_prob=0.6, start="copula")
     sampler = SGLDSampler((1, 1, 4), config, seed=9, start=start)
-    buffer = sampler.buffer.clone()
-    identity = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    for calls in range(3):
-        indices = expected_indices(9, calls, 13, config.buffer_size)
-        drawn, fresh = reference.buffer_draw(buffer, indices, 0.6, -1.0, 1.0, seed=9, offset=calls)
-        made = reference.copula_from_uniform(drawn, -1.0, 1.0, *(t.float() for t in start))
-        expected = torch.where(fresh.view(-1, 1, 1, 1), made, drawn)
-        got = sampler.sample(identity, 13)
-        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-        buffer[indices] = got
-    state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in sampler.state_dict().items()}
-    expected = sampler.sample(identity, 8)
-    other = SGLDSampler((1, 1, 4), config, seed=0, start=(start[0][:3], start[1]))
-    other.load_state_dict(state)
-    assert len(other.start[0]) == len(start[0]) and torch.equal(other.sample(identity, 8), expected)
+    identity = assert_fresh_rows_are(sampler, lambda drawn: reference.copula_from_uniform(
+        drawn, -1.0, 1.0, *(t.float() for t in start)))
+    assert_state_restores(sampler, identity, other_start=(start[0][:3], start[1]))
     with pytest.raises(ValueError, match="needs start = \\(quantiles, factor\\) of shapes \\(L, 4\\) and \\(4, 4\\)"):
         SGLDSampler((1, 1, 4), config, start=start[:1])
     with pytest.raises(ValueError, match="needs start = \\(quantiles, factor\\)"):
@@ -516,18 +513,13 @@ def test_darkened_chain_starts_are_the_reference_draw_then_each_rows_factor():
     start = reference.fit_copula_start(tied_data(rows=99))
     config = SGLDConfig(steps=0, buffer_size=17, reinit_prob=0.6, start="copula", darken=0.7)
     sampler = SGLDSampler((1, 1, 4), config, seed=9, start=start)
-    buffer = sampler.buffer.clone()
-    identity = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    for calls in range(3):
-        indices = expected_indices(9, calls, 13, config.buffer_size)
-        drawn, fresh = reference.buffer_draw(buffer, indices, 0.6, -1.0, 1.0, seed=9, offset=calls)
+
+    def made(drawn: torch.Tensor) -> torch.Tensor:
         split, fraction = reference.split_last_uniform(drawn, -1.0, 1.0)
-        made = -1 + (1 - 0.7 * fraction).view(-1, 1, 1, 1) * (
-            reference.copula_from_uniform(split, -1.0, 1.0, *(t.float() for t in start)) + 1)
-        expected = torch.where(fresh.view(-1, 1, 1, 1), made, drawn)
-        got = sampler.sample(identity, 13)
-        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-        buffer[indices] = got
+        rows = reference.copula_from_uniform(split, -1.0, 1.0, *(t.float() for t in start))
+        return -1 + (1 - 0.7 * fraction).view(-1, 1, 1, 1) * (rows + 1)
+
+    assert_fresh_rows_are(sampler, made)
     plain = SGLDSampler((1, 1, 4), dataclasses.replace(config, darken=0.0), seed=9, start=start)
     darker = SGLDSampler((1, 1, 4), dataclasses.replace(config, darken=1.0), seed=9, start=start)
     assert plain.buffer.mean() > sampler.buffer.mean() > darker.buffer.mean() >= -1
