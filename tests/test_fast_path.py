@@ -188,7 +188,7 @@ def test_metrics_record_what_auto_resolved_to_and_bad_choices_name_the_setting(t
     ran_with = json.loads((tmp_path / "metrics.json").read_text())["ran_with"]
     sgld = {"steps": 1, "step_size": 0.01, "noise_std": 0.1, "buffer_size": 16, "reinit_prob": 0.05,
             "init_low": ran_with["sgld"]["init_low"], "init_high": ran_with["sgld"]["init_high"], "clamp": None,
-            "grad_clamp": None, "start": "uniform"}
+            "grad_clamp": None, "start": "uniform", "darken": 0.0}
     assert ran_with == {"precision": "fp32", "memory_format": "contiguous_format", "augmentation": "jitter",
                         "view_noise": 0.15, "sgld": sgld}
     assert ran_with["sgld"]["init_low"] < -1 and ran_with["sgld"]["init_high"] > 1  # the standardised data's range

@@ -27,8 +27,10 @@ MNIST-5k clustering once the ramp was there (docs/RESULTS.md, "The generative te
 Chains from a Gaussian mixture over k-means groups of the images (sgld_start "mixture") make better
 samples, spread over the classes, but cluster Fashion-MNIST worse, so the preset keeps the one Gaussian
 (docs/RESULTS.md, "Chain starts from a Gaussian mixture"); chains from a copula (sgld_start "copula",
-starts as bright as the data) raise the energy's Fashion-MNIST-in OOD score a little and nothing else
-(docs/RESULTS.md, "Fashion-MNIST in: what the energy reads").
+starts as bright as the data) raise the energy's Fashion-MNIST-in OOD score a little and nothing else;
+starts darker than the data (sgld_darken) raise it to no gen's level on two seeds of three but cost
+samples, and MNIST-5k clustering on the seed tried (docs/RESULTS.md, "Fashion-MNIST in: what the
+energy reads").
 Vector data needs no preset: TrainConfig's defaults are measured on it.
 """
 from __future__ import annotations
