@@ -190,11 +190,11 @@ class SGLDSampler:
         """Fresh chain starts from rows of U[init_low, init_high) noise: those rows, or with a fitted
         start (DRAWS) the rows made from them; with config.darken, each darkened by its own factor."""
         low, high, darken = self.config.init_low, self.config.init_high, self.config.darken
-        fraction = None
+        level = None
         if darken:
-            uniform, fraction = split_last_uniform(uniform, low, high)
+            uniform, level = split_last_uniform(uniform, low, high)
         rows = uniform if self.start is None else DRAWS[self.config.start](uniform, low, high, *self.start)
-        return rows if fraction is None else darken_rows(rows, low, fraction, darken)
+        return rows if level is None else darken_rows(rows, low, level, darken)
 
     @property
     def calls(self) -> int:

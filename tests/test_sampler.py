@@ -446,8 +446,10 @@ def test_copula_start_fit_matches_rank_correlations_and_quantiles_in_float64():
     expected = np.zeros((4, 4))
     expected[:3, :3] = np.corrcoef(scores.T)  # the constant feature correlates with nothing
     torch.testing.assert_close(factor @ factor.T, torch.from_numpy(expected))
-    for levels in (1, 2.5, True):
-        with pytest.raises(ValueError, match="levels must be an integer of at least 2"):
+    with pytest.raises(ValueError, match="levels must be >= 2, got 1"):
+        reference.fit_copula_start(data, levels=1)
+    for levels in (2.5, True):
+        with pytest.raises(TypeError, match="levels must be an int"):
             reference.fit_copula_start(data, levels=levels)
     with pytest.raises(ValueError, match="at least 2 rows"):
         reference.fit_copula_start(data[:1])
@@ -496,7 +498,8 @@ def test_copula_start_chain_is_the_reference_draw_then_the_copula_and_bad_starts
 
 def test_split_last_uniform_makes_two_independent_uniforms_in_float64():
     u = torch.rand(200001, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 2 - 1
-    split, fraction = reference.split_last_uniform(u, -1.0, 1.0)
+    split, level = reference.split_last_uniform(u, -1.0, 1.0)
+    fraction = level.double() / SPLIT_LEVELS
     assert torch.equal(split[:, :2], u[:, :2]) and split.dtype == torch.float64
     last = (split[:, 2] + 1) / 2
     assert (fraction >= 0).all() and (fraction < 1).all() and (last >= 0).all() and (last <= 1).all()
@@ -515,9 +518,9 @@ def test_darkened_chain_starts_are_the_reference_draw_then_each_rows_factor():
     sampler = SGLDSampler((1, 1, 4), config, seed=9, start=start)
 
     def made(drawn: torch.Tensor) -> torch.Tensor:
-        split, fraction = reference.split_last_uniform(drawn, -1.0, 1.0)
+        split, level = reference.split_last_uniform(drawn, -1.0, 1.0)
         rows = reference.copula_from_uniform(split, -1.0, 1.0, *(t.float() for t in start))
-        return -1 + (1 - 0.7 * fraction).view(-1, 1, 1, 1) * (rows + 1)
+        return -1 + (1 - 0.7 * level / SPLIT_LEVELS).view(-1, 1, 1, 1) * (rows + 1)
 
     assert_fresh_rows_are(sampler, made)
     plain = SGLDSampler((1, 1, 4), dataclasses.replace(config, darken=0.0), seed=9, start=start)

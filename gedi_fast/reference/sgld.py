@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from gedi_fast.rng import ROW_STREAM_BIT, element_words, philox_words, unit_uniform
+from gedi_fast.validation import require_int
 
 
 def sgld_step(
@@ -105,8 +106,7 @@ def fit_copula_start(data: torch.Tensor, levels: int = 513) -> tuple[torch.Tenso
     rows = data.reshape(data.shape[0], -1).to(torch.float64)
     if rows.shape[0] < 2:
         raise ValueError(f"data needs at least 2 rows to fit a copula, got {rows.shape[0]}")
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels must be an integer of at least 2, got {levels!r}")
+    require_int(levels, "levels", minimum=2)
     n = rows.shape[0]
     ordered, order = rows.T.contiguous().sort(dim=1)  # each feature's values in order, and where each came from
     place = torch.arange(n).expand_as(ordered)
@@ -148,27 +148,37 @@ def copula_from_uniform(u: torch.Tensor, low: float, high: float, quantiles: tor
     return (lower + (position - below) * (upper - lower)).reshape(u.shape).to(u.dtype)
 
 
-SPLIT_LEVELS = 4096  # the last uniform's bins: the factor's levels, and the draw keeps 12 fewer bits of it
+SPLIT_LEVELS = 4096  # equal bins of split_last_uniform by default: the draw keeps 12 fewer bits of the uniform
 
 
-def split_last_uniform(u: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(u with each row's last uniform stretched back over [low, high) within its bin, the bin / bins) of
-    rows of U[low, high) noise: one uniform made two, independent of each other and of the row's other
-    uniforms, so a row's own noise sets its darkening factor and still draws its start."""
+def split_last_uniform(u: torch.Tensor, low: float, high: float,
+                       shares: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u with each row's last uniform stretched back over [low, high) within its bin, each row's bin) of
+    rows of U[low, high) noise: one uniform made two, a choice and a uniform, independent of each other
+    and of the row's other uniforms. Bin j holds a `shares`[j] / sum(shares) slice of the range
+    (default: SPLIT_LEVELS equal bins), so a row's own noise picks a mixture component or sets a
+    darkening factor and still draws its start. In float32 (float64 for float64 u), returned in u's dtype."""
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     flat = u.reshape(u.shape[0], -1).to(compute)
-    scaled = ((flat[:, -1] - low) / (high - low)).clamp(0, 1) * SPLIT_LEVELS
-    bin_ = scaled.floor().clamp_max(SPLIT_LEVELS - 1)
-    last = low + (scaled - bin_).clamp(0, 1) * (high - low)
-    return torch.cat([flat[:, :-1], last.unsqueeze(1)], 1).reshape(u.shape).to(u.dtype), bin_ / SPLIT_LEVELS
+    if shares is None:
+        shares = torch.ones(SPLIT_LEVELS, dtype=compute, device=u.device)
+    cumulative = shares.to(compute).cumsum(0)
+    cumulative = cumulative / cumulative[-1]
+    last = ((flat[:, -1] - low) / (high - low)).clamp(0, 1)
+    bin_ = torch.searchsorted(cumulative, last.contiguous(), right=True).clamp_max(len(shares) - 1)
+    share = cumulative[bin_] - torch.cat([cumulative.new_zeros(1), cumulative[:-1]])[bin_]
+    stretched = ((last - (cumulative[bin_] - share)) / share).clamp(0, 1)
+    flat = torch.cat([flat[:, :-1], (low + stretched * (high - low)).unsqueeze(1)], 1)
+    return flat.reshape(u.shape).to(u.dtype), bin_
 
 
-def darken_rows(rows: torch.Tensor, low: float, fraction: torch.Tensor, darken: float) -> torch.Tensor:
-    """Each row moved toward `low` by a factor 1 - darken * fraction (fraction per row, in [0, 1)):
-    chain starts dimmer and sparser than the data, so that an energy trained against them cannot take
-    darkness for data (docs/DESIGN.md, "Where chains start")."""
-    factor = (1 - darken * fraction.to(rows.dtype)).reshape(-1, *([1] * (rows.dim() - 1)))
-    return low + factor * (rows - low)
+def darken_rows(rows: torch.Tensor, low: float, level: torch.Tensor, darken: float) -> torch.Tensor:
+    """Each row moved toward `low` by a factor 1 - darken * v, v = level / SPLIT_LEVELS in [0, 1) from the
+    row's bin among split_last_uniform's equal ones: chain starts dimmer and sparser than the data, so
+    that an energy trained against them cannot take darkness for data (docs/DESIGN.md, "Where chains
+    start")."""
+    v = level.to(rows.dtype) / SPLIT_LEVELS
+    return low + (1 - darken * v).reshape(-1, *([1] * (rows.dim() - 1))) * (rows - low)
 
 
 def kmeans_groups(rows: torch.Tensor, groups: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
@@ -210,22 +220,15 @@ def mixture_from_uniform(u: torch.Tensor, low: float, high: float, weights: torc
     """Rows of the mixture sum_j weights_j N(means_j, factors_j factors_j^T) made from rows of
     U[low, high) noise, clamped to [low, high].
 
-    A row's last uniform, as p in [0, 1), picks component j where it falls among the cumulative weights
-    and, stretched back over [0, 1) within j's share, is the row's last uniform for the draw; so one
-    row of noise makes both the choice and the draw, and the choice is independent of the row's draw.
+    A row's last uniform picks component j and, stretched back within j's share, is the row's last
+    uniform for the draw (split_last_uniform with the weights as shares); so one row of noise makes
+    both the choice and the draw, and the choice is independent of the row's draw.
     Every component is computed for every row and the row's own kept (no data-dependent shapes: safe
     inside a CUDA graph). In float32 (float64 for float64 u), returned in u's dtype.
     """
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    flat = u.reshape(u.shape[0], -1).to(compute)
-    cumulative = weights.to(compute).cumsum(0)
-    cumulative = cumulative / cumulative[-1]
-    last = ((flat[:, -1] - low) / (high - low)).clamp(0, 1)
-    component = torch.searchsorted(cumulative, last.contiguous(), right=True).clamp_max(len(weights) - 1)
-    share = cumulative[component] - torch.cat([cumulative.new_zeros(1), cumulative[:-1]])[component]
-    stretched = ((last - (cumulative[component] - share)) / share).clamp(0, 1)
-    flat = torch.cat([flat[:, :-1], (low + stretched * (high - low)).unsqueeze(1)], 1)
-    z = _normal_from_uniform(flat, low, high)
+    split, component = split_last_uniform(u.to(compute), low, high, weights)
+    z = _normal_from_uniform(split.reshape(u.shape[0], -1), low, high)
     rows = torch.zeros_like(z)
     for j in range(len(weights)):
         rows = torch.where((component == j).unsqueeze(1), means[j].to(compute) + z @ factors[j].to(compute).T, rows)
