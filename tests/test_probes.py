@@ -41,19 +41,26 @@ def _reference_gradients(trainer: GEDITrainer) -> dict[str, list[torch.Tensor]]:
     generator = torch.Generator().manual_seed(trainer.config.seed + seeds.PROBE_BATCH)
     rows = torch.randint(0, len(trainer.train_x), (min(probes.PROBE_ROWS, len(trainer.train_x)),), generator=generator)
     view1, view2 = trainer.views(trainer.train_x[rows], generator, trainer.view_strength(trainer.step))
+    positives = trainer.positives(trainer.train_x[rows], generator)
     samples = trainer.sampler.buffer[:trainer.config.sgld_samples]
     z1, z2, zn = model(view1.double()), model(view2.double()), model(samples.double())
-    terms = reference.gedi_terms(z1, z2, zn, trainer.config.temperature)
+    temperature, config = trainer.config.temperature, trainer.config
+    terms = reference.gedi_terms(z1, z2, zn, temperature)
+    if config.gen_positives == "data":  # gen and E^2 read the positives, not the views
+        zp = model(positives.double())
+        terms |= {t: v for t, v in reference.gedi_terms(zp, zp, zn, temperature).items() if t in ("gen", "energy_reg")}
+    weights = dict(gen=config.gen_weight, inv=config.inv_weight, prior=config.prior_weight, energy_reg=config.energy_reg)
     grads = {}
     for term in reference.TERM_NAMES:
-        weighted = trainer.loss_fn.weights[term] * terms[term]
+        weighted = weights[term] * terms[term]
         grads[term] = list(torch.autograd.grad(weighted, list(model.parameters()), retain_graph=True))
     model.float()
     return grads
 
 
-def test_gradient_norms_and_cosines_are_those_of_each_weighted_term(tmp_path):
-    trainer = GEDITrainer(TrainConfig(**SMALL, energy_reg=0.3), tmp_path)
+@pytest.mark.parametrize("positives", ["views", "data"])
+def test_gradient_norms_and_cosines_are_those_of_each_weighted_term(tmp_path, positives):
+    trainer = GEDITrainer(TrainConfig(**SMALL, energy_reg=0.3, gen_positives=positives), tmp_path)
     trainer.train(until=5)
     probe = probes.collapse_probe(trainer)
     expected = _reference_gradients(trainer)

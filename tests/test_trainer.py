@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from gedi_fast import reference
 from gedi_fast.train import checkpoint, metrics
 from gedi_fast.train.augment import AUGMENTATIONS, affine_images, augment_images, rotate_and_jitter
 from gedi_fast.train.data import load_dataset
@@ -27,9 +28,11 @@ def test_short_run_logs_terms_and_evaluates(tmp_path):
     assert (tmp_path / CHECKPOINT_NAME).is_file()
 
 
-@pytest.mark.parametrize("start,gen_delay", [("uniform", 0), ("gaussian", 0), ("gaussian", 12)])
-def test_resume_gives_the_same_parameters_as_an_unbroken_run(tmp_path, start, gen_delay):
-    config = TrainConfig(**SMALL | dict(sgld=SMALL["sgld"] | dict(start=start), gen_delay=gen_delay))
+@pytest.mark.parametrize("start,gen_delay,positives", [("uniform", 0, "views"), ("gaussian", 0, "views"),
+                                                      ("gaussian", 12, "views"), ("gaussian", 12, "data")])
+def test_resume_gives_the_same_parameters_as_an_unbroken_run(tmp_path, start, gen_delay, positives):
+    config = TrainConfig(**SMALL | dict(sgld=SMALL["sgld"] | dict(start=start), gen_delay=gen_delay,
+                                        gen_positives=positives))
     straight = GEDITrainer(config, tmp_path / "a")
     straight.train()
     broken = GEDITrainer(config, tmp_path / "b")
@@ -42,6 +45,46 @@ def test_resume_gives_the_same_parameters_as_an_unbroken_run(tmp_path, start, ge
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert torch.equal(straight.sampler.buffer, resumed.sampler.buffer)
+
+
+@pytest.mark.parametrize("samples", [True, False])
+def test_gen_positives_data_weighs_gen_on_the_batch_and_clustering_on_the_views(tmp_path, samples):
+    config = TrainConfig(**SMALL | dict(gen_positives="data", gen_weight=0.7, energy_reg=0.2, inv_weight=1.3,
+                                        prior_weight=2.0))
+    trainer = GEDITrainer(config, tmp_path)
+    gen = torch.Generator().manual_seed(5)
+    x = trainer.train_x[torch.randint(0, len(trainer.train_x), (13,), generator=gen)]
+    view1, view2 = trainer.views(x, gen)
+    positives = trainer.positives(x, gen)
+    noise = positives - x  # the batch itself with the view noise: no other transform
+    assert noise.std().item() == pytest.approx(trainer.view_noise, rel=0.25) and noise.mean().abs() < 0.05
+    drawn = trainer.sampler.sample(trainer.model, 7) if samples else None
+    loss, terms = trainer.forward_loss(view1, view2, drawn, positives)
+    model = trainer.model.double()
+    z1, z2, zp = (model(v.double()) for v in (view1, view2, positives))
+    zn = None if drawn is None else model(drawn.double())
+    clustering = reference.gedi_terms(z1, z2, None, config.temperature)
+    generative = reference.gedi_terms(zp, zp, zn, config.temperature)
+    expected = dict(inv=clustering["inv"], prior=clustering["prior"], gen=generative["gen"],
+                    energy_reg=generative["energy_reg"], energy_data=generative["energy_data"])
+    for name, value in expected.items():
+        torch.testing.assert_close(terms[name].double(), value, rtol=1e-5, atol=1e-6, msg=name)
+    total = 1.3 * expected["inv"] + 2.0 * expected["prior"] + 0.7 * expected["gen"] + 0.2 * expected["energy_reg"]
+    torch.testing.assert_close(loss.double(), total, rtol=1e-5, atol=1e-6)
+    assert trainer.term_weights == dict(gen=0.7, inv=1.3, prior=2.0, energy_reg=0.2)
+    if not samples:  # before the chain starts (gen_delay): gen 0, E^2 on the positives alone
+        assert terms["gen"] == 0 and math.isnan(terms["energy_neg"])
+
+
+def test_gen_positives_views_or_no_sampler_draw_no_positives(tmp_path):
+    x = torch.zeros(4, 2)
+    plain = GEDITrainer(TrainConfig(**SMALL), tmp_path / "a")
+    assert plain.gen_loss_fn is None and plain.positives(x, torch.Generator()) is None
+    without_gen = GEDITrainer(TrainConfig(**SMALL | dict(gen_positives="data", gen_weight=0.0, energy_reg=0.0)),
+                              tmp_path / "b")
+    assert without_gen.sampler is None and without_gen.positives(x, torch.Generator()) is None
+    with pytest.raises(ValueError, match="gen_positives must be one of"):
+        TrainConfig(gen_positives="raw")
 
 
 def test_training_without_generative_term_has_no_sampler(tmp_path):

@@ -58,19 +58,21 @@ def collapse_probe(trainer: GEDITrainer) -> dict[str, float]:
 
 
 def _term_gradients(trainer: GEDITrainer) -> dict[str, float]:
-    model, loss_fn = trainer.model, trainer.loss_fn
+    model = trainer.model
     generator = torch.Generator(device=trainer.device).manual_seed(trainer.config.seed + seeds.PROBE_BATCH)
     rows = torch.randint(0, len(trainer.train_x), (min(PROBE_ROWS, len(trainer.train_x)),), generator=generator,
                          device=trainer.device)
     view1, view2 = trainer.views(trainer.train_x[rows], generator, trainer.view_strength(trainer.step))  # as trained now
+    positives = trainer.positives(trainer.train_x[rows], generator)
     samples = trainer.sampler.buffer[:trainer.config.sgld_samples] if trainer.sampler is not None else None
-    _, terms = trainer.forward_loss(view1, view2, samples)
+    _, terms = trainer.forward_loss(view1, view2, samples, positives)
+    weights = trainer.term_weights
     layers = parameter_layers(model)
     params = [p for _, group in layers for p in group]
     result, flat = {}, {}
     for term in TERM_NAMES:
-        weighted = loss_fn.weights[term] * terms[term]
-        if loss_fn.weights[term] == 0 or not weighted.requires_grad:
+        weighted = weights[term] * terms[term]
+        if weights[term] == 0 or not weighted.requires_grad:
             continue
         grads = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]

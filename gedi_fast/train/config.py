@@ -22,6 +22,10 @@ from gedi_fast.train.augment import AUGMENTATIONS
 from gedi_fast.train.models import POOLS
 from gedi_fast.validation import require_bool, require_choice, require_int, require_real
 
+# What the generative term and its E^2 regulariser take as data: the two augmented views the clustering
+# terms read (the paper's), or the batch's own images with the view noise only (docs/TRAINING.md).
+GEN_POSITIVES = ("views", "data")
+
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 # Each flat setting name of the SGLD chain and the SGLDConfig field it sets.
@@ -87,6 +91,7 @@ class TrainConfig:
     head_spread: float = 0.0  # > 0: data-dependent head init to this logit spread, balanced (models.spread_head)
     gen_delay: int = 0  # steps trained without SGLD samples (gen 0, E^2 on the views only) before the chain starts
     view_warmup: int = 0  # steps over which the views' augmentation strength rises linearly from 0 (noise only) to 1
+    gen_positives: str = "views"  # what gen and E^2 read as data: the two "views" or the batch's own images ("data")
     hidden: int = 256  # the MLP's width (vector data)
     width: int = 32  # the CNN's first-stage channels (image data)
     stem_stride: int = 1  # the CNN stem's stride: 2 quarters the cost of every stage
@@ -130,6 +135,7 @@ class TrainConfig:
                              "first steps, which would recompile the step); set one of them off")
         require_int(self.stem_stride, "stem_stride", minimum=1, maximum=4)
         require_choice(self.pool, "pool", POOLS)
+        require_choice(self.gen_positives, "gen_positives", GEN_POSITIVES)
         if self.clusters == 1:
             raise ValueError("clusters must be 0 (the number of classes) or >= 2, got 1")
         require_int(self.seed, "seed", minimum=0)

@@ -40,6 +40,7 @@ __all__ = ["CHECKPOINT_NAME", "RESUME_CHANGEABLE", "GEDITrainer", "TrainConfig",
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
+GEN_TERMS = ("gen", "energy_reg")  # the terms a gen_positives "data" run weighs in its generative loss
 # The parts of a training step as torch.profiler labels them (benchmarks/profile_step.py reads them).
 STEP_PHASES = ("step:views", "step:sgld_chain", "step:forward_loss", "step:backward", "step:optimiser")
 # What gloo and NCCL say when a peer is gone or a collective ran past the process group's timeout.
@@ -93,10 +94,15 @@ class GEDITrainer:
         # bit-identical to the loop and about twice as fast on the CPU (docs/RESULTS.md).
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(config.adam_beta1, 0.999),
                                           foreach=True)
-        self.loss_fn = GEDILoss(config.temperature, config.gen_weight, config.inv_weight, config.prior_weight,
-                                config.assignment, sinkhorn_eps=config.sinkhorn_eps,
-                                sinkhorn_iters=config.sinkhorn_iters, energy_reg=config.energy_reg,
+        # With gen_positives "data" the generative term and E^2 get a loss of their own, on the batch's
+        # images and the samples; the views' loss keeps the clustering terms.
+        separate = config.gen_positives == "data" and (config.gen_weight != 0 or config.energy_reg != 0)
+        self.loss_fn = GEDILoss(config.temperature, 0.0 if separate else config.gen_weight, config.inv_weight,
+                                config.prior_weight, config.assignment, sinkhorn_eps=config.sinkhorn_eps,
+                                sinkhorn_iters=config.sinkhorn_iters, energy_reg=0.0 if separate else config.energy_reg,
                                 queue_size=config.queue_size, form=config.form)
+        self.gen_loss_fn = (GEDILoss(config.temperature, config.gen_weight, 0.0, 0.0, energy_reg=config.energy_reg)
+                            if separate else None)
         self.train_x = self.dataset.train_x.to(self.device)
         if config.head_spread:
             spread_head(self.model, self.train_x[:HEAD_INIT_ROWS], config.temperature, config.head_spread)
@@ -142,6 +148,19 @@ class GEDITrainer:
         view = AUGMENTATIONS[self.augmentation].view
         return view(x, self.view_noise, generator, strength), view(x, self.view_noise, generator, strength)
 
+    def positives(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """What the generative term reads as data under gen_positives "data": x with the view noise only
+        (the view at strength 0). None when gen reads the views."""
+        if self.gen_loss_fn is None:
+            return None
+        return AUGMENTATIONS[self.augmentation].view(x, self.view_noise, generator, 0.0)
+
+    @property
+    def term_weights(self) -> dict[str, float]:
+        """Each term's weight in the training loss, whichever of the two losses carries it."""
+        return self.loss_fn.weights | ({} if self.gen_loss_fn is None else
+                                       {name: self.gen_loss_fn.weights[name] for name in GEN_TERMS})
+
     def view_strength(self, step: int) -> float:
         """The augmentation's strength at step `step` (counted from 0): step / view_warmup, up to 1."""
         return min(1.0, step / self.config.view_warmup) if self.config.view_warmup else 1.0
@@ -174,15 +193,17 @@ class GEDITrainer:
             indices = torch.randint(0, len(self.train_x), (self.world_size * rows,), generator=self.generator,
                                     device=self.device)
             mine = slice(self.rank * rows, (self.rank + 1) * rows)
-            view1, view2 = (view[mine] for view in self.views(self.train_x[indices], self.generator,
-                                                               self.view_strength(self.step)))
+            batch = self.train_x[indices]
+            view1, view2 = (view[mine] for view in self.views(batch, self.generator, self.view_strength(self.step)))
+            positives = self.positives(batch, self.generator)
+            positives = None if positives is None else positives[mine]
         with record_function(STEP_PHASES[1]), self.autocast():
             samples = self.sampler.sample(self.model, self.config.sgld_samples) if self.samples_at(self.step) else None
         self.model.train()
         if self.config.compile_step:
             torch.compiler.cudagraph_mark_step_begin()
         with record_function(STEP_PHASES[2]):
-            loss, terms = (self._compiledforward_loss or self.forward_loss)(view1, view2, samples)
+            loss, terms = (self._compiledforward_loss or self.forward_loss)(view1, view2, samples, positives)
         with record_function(STEP_PHASES[3]):
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,15 +219,23 @@ class GEDITrainer:
         """Whether step `step` (counted from 0) draws SGLD samples: with a sampler, from step gen_delay on."""
         return self.sampler is not None and step >= self.config.gen_delay
 
-    def forward_loss(self, view1: torch.Tensor, view2: torch.Tensor,
-                      samples: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Views and samples through the network in one forward, then GEDILoss: what compile_step compiles."""
+    def forward_loss(self, view1: torch.Tensor, view2: torch.Tensor, samples: torch.Tensor | None,
+                     positives: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Views, samples and positives (gen_positives "data") through the network in one forward, then
+        GEDILoss, or the views' loss plus the generative one on the positives: what compile_step compiles."""
         rows = len(view1)
         network = self.model if self.ddp is None else self.ddp
         with self.autocast():
-            logits = network(torch.cat([view1, view2] + ([] if samples is None else [samples])))
-        zn = logits[2 * rows:] if samples is not None else None
-        loss, terms = self.loss_fn(logits[:rows], logits[rows:2 * rows], zn, return_terms=True)
+            logits = network(torch.cat([view1, view2] + [x for x in (samples, positives) if x is not None]))
+        zn = logits[2 * rows:2 * rows + len(samples)] if samples is not None else None
+        if positives is None:
+            loss, terms = self.loss_fn(logits[:rows], logits[rows:2 * rows], zn, return_terms=True)
+        else:
+            zp = logits[len(logits) - len(positives):]
+            loss, terms = self.loss_fn(logits[:rows], logits[rows:2 * rows], None, return_terms=True)
+            gen_loss, gen_terms = self.gen_loss_fn(zp, zp, zn, return_terms=True)
+            loss = loss + gen_loss
+            terms = terms | {name: gen_terms[name] for name in (*GEN_TERMS, "energy_data", "energy_neg")}
         return loss, {**terms, "logit_spread": metrics.logit_spread(logits[:rows].detach(), self.config.temperature)}
 
     def train(self, until: int | None = None, progress: bool = False, log_lines: bool = False,
