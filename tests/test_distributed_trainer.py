@@ -31,6 +31,8 @@ WITH_SGLD = dict(steps=6, batch_size=16, hidden=32, sgld=dict(steps=2, buffer_si
 # The resumed runs also queue past logits (wrapped by the step-3 checkpoint) for global Sinkhorn targets.
 RESUMED = {**WITH_SGLD, "assignment": "sinkhorn", "queue_size": 24}
 TERMS = ("loss", "inv", "prior", "cluster_entropy")
+# E^2 on the batch's own images (gen_positives "data") before any chain starts: still only the shared stream.
+POSITIVES = {**NO_SGLD, "energy_reg": 0.05, "gen_positives": "data", "gen_delay": 100}
 
 
 def _rank_main(rank: int, store_path: str, out_dir: str) -> None:
@@ -49,6 +51,9 @@ def _rank_main(rank: int, store_path: str, out_dir: str) -> None:
             ddp.train(until=ddp.step + 1)
         except RuntimeError as err:
             result["after_leaving"] = {"released": wrapper() is None, "error": str(err), "scores": ddp.evaluate()}
+        positives = GEDITrainer(TrainConfig(**POSITIVES), out / "positives")
+        positives.train()
+        result["positives"] = {"model": positives.model.state_dict(), "history": positives.history, "wrapped": True}
         faulty = GEDITrainer(TrainConfig(**NO_SGLD), out / "faulty")
         if rank == 0:
             _break_parameters_once(faulty, at_step=3)
@@ -93,22 +98,24 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, list[di
     return tmp, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-def test_ddp_steps_equal_one_process_on_the_doubled_batch(run, tmp_path):
-    single = GEDITrainer(TrainConfig(**NO_SGLD | dict(batch_size=WORLD * NO_SGLD["batch_size"])), tmp_path)
+@pytest.mark.parametrize("case,settings,terms", [("ddp", NO_SGLD, TERMS), ("positives", POSITIVES, (*TERMS, "energy_reg"))])
+def test_ddp_steps_equal_one_process_on_the_doubled_batch(run, tmp_path, case, settings, terms):
+    single = GEDITrainer(TrainConfig(**settings | dict(batch_size=WORLD * settings["batch_size"])), tmp_path)
     single.train()
-    ranks = [got["ddp"] for got in run[1]]
+    ranks = [got[case] for got in run[1]]
     assert all(got["wrapped"] for got in ranks)
     for got in ranks:
         for (name, want), have in zip(single.model.state_dict().items(), got["model"].values()):
             torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5, msg=name)
-        assert len(got["history"]) == len(single.history) == NO_SGLD["steps"]
+        assert len(got["history"]) == len(single.history) == settings["steps"]
         for want, have in zip(single.history, got["history"]):
             assert have["step"] == want["step"]
-            for term in TERMS:
+            for term in terms:
                 assert have[term] == pytest.approx(want[term], rel=1e-5, abs=1e-6), (want["step"], term)
     for a, b in zip(ranks[0]["model"].values(), ranks[1]["model"].values()):
         assert torch.equal(a, b)  # DDP keeps the replicas identical
-    assert ranks[0]["scores"] == ranks[1]["scores"]  # evaluation: the full test split, no collective
+    if case == "ddp":
+        assert ranks[0]["scores"] == ranks[1]["scores"]  # evaluation: the full test split, no collective
 
 
 def test_a_trainer_that_left_the_group_lets_it_go_and_refuses_to_train(run):
