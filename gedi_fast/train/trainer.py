@@ -96,7 +96,8 @@ class GEDITrainer:
                                           foreach=True)
         # With gen_positives "data" the generative term and E^2 get a loss of their own, on the batch's
         # images and the samples; the views' loss keeps the clustering terms.
-        separate = config.gen_positives == "data" and (config.gen_weight != 0 or config.energy_reg != 0)
+        generative = config.gen_weight != 0 or config.energy_reg != 0  # a run with a chain
+        separate = generative and config.gen_positives == "data"
         self.loss_fn = GEDILoss(config.temperature, 0.0 if separate else config.gen_weight, config.inv_weight,
                                 config.prior_weight, config.assignment, sinkhorn_eps=config.sinkhorn_eps,
                                 sinkhorn_iters=config.sinkhorn_iters, energy_reg=0.0 if separate else config.energy_reg,
@@ -112,7 +113,7 @@ class GEDITrainer:
             raise ValueError(f"augmentation {self.augmentation!r} does not fit dataset {self.dataset.name!r} "
                              f"with inputs of shape {self.dataset.input_shape}")
         self.sampler = None
-        if config.gen_weight != 0 or config.energy_reg != 0:
+        if generative:
             sgld = config.sgld_config(self.dataset.sgld)
             if sampler_start is not None or sgld.start == "uniform":
                 start = None if sampler_start is None else tuple(sampler_start)
