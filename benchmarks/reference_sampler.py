@@ -29,7 +29,8 @@ def plain_buffer_draw(
 
 
 class ReferenceSampler:
-    """SGLDSampler's draw, chain and write-back on plain torch ops; compiled=True runs those under torch.compile."""
+    """SGLDSampler's draw, chain (with its gradient clamp) and write-back on plain torch ops; compiled=True
+    runs those under torch.compile."""
 
     def __init__(self, like: SGLDSampler, compiled: bool = False) -> None:
         self.config, self.temperature = like.config, like.temperature
@@ -50,6 +51,8 @@ class ReferenceSampler:
                 x.requires_grad_(True)
                 energy = -torch.logsumexp(model(x) / self.temperature, dim=1)
                 (grad,) = torch.autograd.grad(energy.sum(), x)
+                if config.grad_clamp is not None:
+                    grad = grad.clamp(-config.grad_clamp, config.grad_clamp)
                 x = self.update(x.detach(), grad, config.step_size, config.noise_std, config.clamp)
         finally:
             model.train(was_training)
