@@ -223,7 +223,8 @@ def test_image_run_end_to_end_with_the_cpu_preset_then_ood(tmp_path, capsys, one
     config = saved["config"]
     assert config["stem_stride"] == PRESETS["cpu-images"]["stem_stride"] and config["width"] == 4  # --set wins
     assert config["steps"] == 4 and config["sgld"]["steps"] == 2 and saved["steps"] == 4
-    assert config["sgld"]["start"] == "gaussian" and config["sgld"]["grad_clamp"] == 0.03  # the preset's chain
+    assert config["sgld"]["start"] == "copula" and config["sgld"]["darken"] == 0.5  # the preset's chain starts
+    assert config["sgld"]["grad_clamp"] == 0.03  # and clamp
     assert config["gen_delay"] == 0 and config["gen_positives"] == "data"  # from step 0, on the images
     assert config["view_warmup"] == 300  # and its augmentation ramp
     for name in ("test_by_cluster.png", "samples_by_cluster.png", "buffer_by_cluster.png", "cluster_sizes.png",

@@ -2,8 +2,9 @@
 
 An SGLD chain through a CNN costs one forward and backward of the network per step and sample, so an
 image run is designed around that cost: `cpu-images` trades network width, chain length and samples
-for steps, 2500 of them: 9.6-10.3 minutes of training a run beside a second one (one thread each) on
-a 2-core CPU with native bf16 (docs/RESULTS.md gives each setting's cost and why 2500);
+for steps, 2500 of them: 7 to 10 minutes of training a run beside a second one (one thread each) on a
+2-core CPU with native bf16, the Intel Xeon with AMX-BF16 and the AMD EPYC of docs/RESULTS.md (which
+gives each setting's cost and why 2500);
 `paper-images` is the paper's setting (a ResNet-8-style CNN at full resolution, JEM's SGLD: 20 steps
 of size 1 with noise 0.01 from a 10000-sample replay buffer, 5% fresh), for a GPU.
 `cpu-images` also starts its runs off the uniform plateau: a balanced, input-dependent head init
@@ -20,14 +21,16 @@ energy learns what its positives look like, and the samples are judged against t
 (docs/RESULTS.md, "Un-augmented positives"). The chain's gradient is clamped at 0.03 an element
 (sgld_grad_clamp): the clustering terms make the energy steep in x, and at step 1 single pixels jumped
 across the data's range, speckling MNIST-5k's samples (docs/DESIGN.md, "The gradient clamp"). Its fresh
-chains start from the Gaussian fitted to the training images (sgld_start "gaussian") rather than uniform
-noise: with 5 chain steps per visit the samples stay near where they start (docs/RESULTS.md, "the E^2
-term's scale"). Over 5 seeds these make samples within the FID bar on both datasets and cluster both at
-least as well as without gen; the energy then detects Fashion-MNIST with MNIST-5k in far better than
-without gen, and MNIST-5k with Fashion-MNIST in better than max-softmax but not as well as without gen
-(docs/RESULTS.md, "The chain's gradient clamped"). Chains from a darkened copula (sgld_start "copula",
-sgld_darken 0.9) close that last gap on Fashion-MNIST and leave dim, faint MNIST-5k samples over the FID
-bar, so the preset keeps the Gaussian (the same part). The uniform plateau that held MNIST-5k runs for
+chains start from a Gaussian copula of the training images (sgld_start "copula": each pixel's own
+distribution, black background included) rather than uniform noise: with 5 chain steps per visit the
+samples stay near where they start (docs/RESULTS.md, "the E^2 term's scale"). Each fresh start is then
+dimmed toward black by its own factor between 1 and 0.5 (sgld_darken 0.5): an energy trained only
+against chains as bright as the data rates dimmer images as more likely, and with Fashion-MNIST in it
+took MNIST's dimmer digits for its own (docs/RESULTS.md, "Fashion-MNIST in: what the energy reads");
+dimming by up to 0.9 instead left faint MNIST-5k samples over the FID bar. Over 5 seeds of both datasets
+these make samples within the FID bar, cluster at least as well as without gen, and make the energy tell
+the other dataset apart better than without gen in both directions and better than max-softmax
+(docs/RESULTS.md, "Darkened copula starts"). The uniform plateau that held MNIST-5k runs for
 up to 1500 steps comes from the augmentation: a fresh network's features move more under MNIST-5k's
 augmentation than between digits, two views of an image disagree, and flat outputs are the invariance
 term's best answer; so the augmentation ramps in over the first 300 steps (view_warmup), which keeps
@@ -42,8 +45,8 @@ from gedi_fast.validation import require_choice
 PRESETS: dict[str, dict[str, object]] = {
     "cpu-images": dict(width=32, stem_stride=2, batch_size=128, steps=2500, sgld_steps=5, sgld_samples=32,
                        buffer_size=5000, log_every=100, checkpoint_every=500, head_spread=2.0, lr_warmup=200,
-                       gen_weight=0.01, energy_reg=0.001, sgld_start="gaussian", view_warmup=300,
-                       gen_positives="data", sgld_grad_clamp=0.03),
+                       gen_weight=0.01, energy_reg=0.001, sgld_start="copula", sgld_darken=0.5,
+                       view_warmup=300, gen_positives="data", sgld_grad_clamp=0.03),
     "paper-images": dict(width=64, stem_stride=1, batch_size=64, lr=1e-4, steps=50_000, sgld_steps=20,
                          sgld_samples=64, sgld_step_size=1.0, sgld_noise=0.01, buffer_size=10_000, reinit_prob=0.05,
                          log_every=200, checkpoint_every=2000),
